@@ -1,0 +1,282 @@
+"""Compose YAML with Hydra, resolve with OmegaConf, validate with pydantic; every failure is a SpecError
+naming the dotted key, the file it came from and the valid options."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from ragconf.errors import SpecError
+from ragconf.spec.models import RagconfSpec
+
+__all__ = [
+    "BUILTIN_CONFIG_DIR",
+    "LoadedConfig",
+    "config_hash",
+    "expand_sweep",
+    "group_options",
+    "load_config",
+]
+
+#: The configs shipped with ragconf (top-level configs/ of the project).
+BUILTIN_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+GROUPS = ("corpus", "store", "embedder", "pipeline", "generator", "identity", "policy", "tracking", "eval")
+
+
+@dataclass
+class LoadedConfig:
+    """A validated config plus where each part came from."""
+
+    spec: RagconfSpec
+    data: dict[str, Any]
+    overrides: list[str]
+    config_dirs: list[Path]
+    choices: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def hash(self) -> str:
+        return config_hash(self.data)
+
+    def source_of(self, key: str) -> str:
+        return _source_of(key, self.choices, self.config_dirs, self.overrides)
+
+
+def config_hash(data: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of a resolved config."""
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def group_options(group: str, config_dirs: list[Path]) -> list[str]:
+    """Options of a config group across the search path (file stems of <dir>/<group>/*.yaml)."""
+    opts: set[str] = set()
+    for d in config_dirs:
+        gdir = d / group
+        if gdir.is_dir():
+            opts.update(p.stem for p in gdir.glob("*.yaml"))
+    return sorted(opts)
+
+
+def _source_of(key: str, choices: dict[str, str], dirs: list[Path], overrides: list[str]) -> str:
+    top = key.split(".", 1)[0].split("[", 1)[0]
+    for ov in overrides:
+        name = ov.lstrip("+~").split("=", 1)[0]
+        if name == key or key.startswith(name + ".") or key.startswith(name + "["):
+            return f"command-line override '{ov}'"
+    choice = choices.get(top)
+    if choice:
+        for d in dirs:
+            candidate = d / top / f"{choice}.yaml"
+            if candidate.is_file():
+                return str(candidate)
+    for d in dirs:
+        candidate = d / "config.yaml"
+        if candidate.is_file():
+            return str(candidate)
+    return "<composed config>"
+
+
+def _dirs_for(config_dir: str | Path | None) -> list[Path]:
+    dirs: list[Path] = []
+    if config_dir is not None:
+        p = Path(config_dir).expanduser().resolve()
+        if not p.is_dir():
+            raise SpecError(f"config directory '{config_dir}' does not exist", key="--config-dir")
+        if not (p / "config.yaml").is_file():
+            raise SpecError(
+                f"config directory '{config_dir}' has no config.yaml",
+                key="--config-dir",
+                hint="a config dir holds config.yaml (a defaults list) and one folder per group",
+            )
+        dirs.append(p)
+    if BUILTIN_CONFIG_DIR.is_dir() and BUILTIN_CONFIG_DIR not in dirs:
+        dirs.append(BUILTIN_CONFIG_DIR)
+    return dirs
+
+
+def _explain_hydra_error(exc: Exception, overrides: list[str], dirs: list[Path]) -> SpecError:
+    msg = str(exc)
+    # Unknown option of a group, e.g. "Could not find 'store/sqlit'"
+    m = re.search(r"Could not find '([\w\-/]+)/([\w\-.]+)'", msg) or re.search(
+        r"In '[^']*': Could not find '([\w\-/]+)/([\w\-.]+)'", msg
+    )
+    if m:
+        group, option = m.group(1), m.group(2)
+        return SpecError(
+            f"unknown option '{option}' for config group '{group}'",
+            key=group,
+            source=_source_of(group, {}, dirs, overrides),
+            valid=group_options(group, dirs),
+            got=option,
+        )
+    m = re.search(r"Could not override '([^']+)'", msg)
+    if m:
+        key = m.group(1)
+        missing = re.search(r"Key '([^']+)' is not in struct", msg)
+        parent_key = key.rsplit(".", 1)[0] if "." in key else ""
+        return SpecError(
+            f"no such key '{key}'" + (f" (unknown key '{missing.group(1)}')" if missing else ""),
+            key=key,
+            source=f"command-line override starting with '{key}='",
+            hint=f"use '+{key}=VALUE' to add a new key, or check the spelling"
+            + (f" of the keys under '{parent_key}'" if parent_key else ""),
+        )
+    m = re.search(r"Error parsing override '([^']+)'", msg)
+    if m:
+        return SpecError(
+            f"cannot parse override '{m.group(1)}'",
+            key=m.group(1).split("=", 1)[0],
+            source="command line",
+            hint="overrides look like key=value, +new.key=value or group=option",
+        )
+    first = msg.strip().splitlines()[0] if msg.strip() else type(exc).__name__
+    return SpecError(f"cannot compose the config: {first}", source=", ".join(str(d) for d in dirs))
+
+
+def _compose(config_dir: Path, overrides: list[str], dirs: list[Path], config_name: str) -> Any:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    extra = []
+    if len(dirs) > 1:
+        search = ",".join(f"file://{d}" for d in dirs[1:])
+        extra.append(f"hydra.searchpath=[{search}]")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir), version_base=None, job_name="ragconf"):
+        return compose(config_name=config_name, overrides=[*overrides, *extra], return_hydra_config=True)
+
+
+def load_config(
+    config_dir: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    config_name: str = "config",
+) -> LoadedConfig:
+    """Compose ``config_name`` from ``config_dir`` (plus ragconf's built-in configs), apply ``overrides``,
+    resolve interpolations and validate. Raises :class:`SpecError` on any user mistake."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides = list(overrides)
+    dirs = _dirs_for(config_dir)
+    if not dirs:
+        raise SpecError("no config directory found", key="--config-dir", hint="pass --config-dir DIR")
+    try:
+        cfg = _compose(dirs[0], overrides, dirs, config_name)
+    except SpecError:
+        raise
+    except Exception as exc:  # Hydra raises several unrelated exception types for user mistakes
+        raise _explain_hydra_error(exc, overrides, dirs) from None
+
+    choices = {k: str(v) for k, v in dict(cfg.hydra.runtime.choices).items() if not k.startswith("hydra")}
+    with_hydra = cfg
+    from omegaconf import open_dict
+
+    with open_dict(with_hydra):
+        del with_hydra["hydra"]
+    try:
+        data = OmegaConf.to_container(with_hydra, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or ""
+        raise SpecError(
+            str(exc).splitlines()[0],
+            key=key or None,
+            source=_source_of(key, choices, dirs, overrides) if key else None,
+        ) from None
+    assert isinstance(data, dict)
+    try:
+        spec = RagconfSpec.model_validate(data)
+    except ValidationError as exc:
+        raise _explain_validation(exc, data, choices, dirs, overrides) from None
+    return LoadedConfig(spec=spec, data=data, overrides=overrides, config_dirs=dirs, choices=choices)
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _model_at(loc: tuple[Any, ...]) -> Any:
+    """The pydantic model class that owns the last element of ``loc`` (for listing valid keys)."""
+    model: Any = RagconfSpec
+    for part in loc[:-1]:
+        if isinstance(part, int) or model is None:
+            continue
+        fld = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        if fld is None:
+            return None
+        ann = fld.annotation
+        inner = getattr(ann, "__args__", None)
+        candidates = [ann, *(inner or [])]
+        model = next((c for c in candidates if hasattr(c, "model_fields")), None)
+        if model is None:
+            # dict[str, Model] / list[Model]
+            for c in inner or []:
+                for cc in getattr(c, "__args__", ()) or ():
+                    if hasattr(cc, "model_fields"):
+                        model = cc
+    return model
+
+
+def _explain_validation(
+    exc: ValidationError, data: dict[str, Any], choices: dict[str, str], dirs: list[Path], overrides: list[str]
+) -> SpecError:
+    errors = exc.errors()
+    lines = []
+    first: SpecError | None = None
+    for err in errors:
+        loc = tuple(p for p in err["loc"] if p not in ("function-after",))
+        key = _dotted(loc)
+        source = _source_of(key, choices, dirs, overrides)
+        if err["type"] == "extra_forbidden":
+            model = _model_at(loc)
+            valid = list(model.model_fields) if model is not None else None
+            e = SpecError("unknown key", key=key, source=source, valid=valid, got=str(loc[-1]))
+        elif err["type"] == "missing":
+            e = SpecError("required key is missing", key=key, source=source)
+        elif err["type"] == "literal_error":
+            expected = (err.get("ctx") or {}).get("expected", "")
+            valid = re.findall(r"'([^']*)'", str(expected))
+            e = SpecError(
+                f"invalid value {err.get('input')!r}", key=key, source=source, valid=valid, got=err.get("input")
+            )
+        else:
+            e = SpecError(f"{err['msg']} (got {err.get('input')!r})", key=key, source=source)
+        first = first or e
+        lines.append(str(e))
+    if len(lines) == 1 and first is not None:
+        return first
+    return SpecError(f"{len(lines)} problems in the config:\n" + "\n".join(f"- {line}" for line in lines))
+
+
+def expand_sweep(overrides: list[str]) -> list[list[str]]:
+    """Expand Hydra sweep overrides (``k=a,b``) into the cartesian product of plain override lists."""
+    import itertools
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    try:
+        parsed = parser.parse_overrides(overrides)
+    except Exception as exc:
+        raise SpecError(f"cannot parse overrides: {exc}", source="command line") from None
+    axes: list[list[str]] = []
+    for ov in parsed:
+        key = ov.get_key_element()
+        if ov.is_sweep_override():
+            axes.append([f"{key}={v}" for v in ov.sweep_string_iterator()])
+        else:
+            axes.append([ov.input_line or f"{key}={ov.get_value_element_as_str()}"])
+    return [list(combo) for combo in itertools.product(*axes)]
+
+

@@ -1,0 +1,208 @@
+"""Pydantic v2 models of a composed ragconf config. Extra keys are forbidden everywhere."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ragconf.types import CLASSIFICATIONS
+
+__all__ = [
+    "AccessMappingSpec",
+    "AuditSpec",
+    "ChunkingSpec",
+    "ComponentSpec",
+    "ConnectionSpec",
+    "CorpusSpec",
+    "EmbedderSpec",
+    "EvalSpec",
+    "GeneratorSpec",
+    "IdentitySpec",
+    "PipelineSpec",
+    "PolicySpec",
+    "ProjectSpec",
+    "RagconfSpec",
+    "RoutingSpec",
+    "SourceSpec",
+    "StageSpec",
+    "StoreSpec",
+    "TrackingSpec",
+    "UserSpec",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class ProjectSpec(_Strict):
+    name: str = "ragconf"
+    #: Where ragconf keeps state (store, audit log, MLflow store), relative to the current directory.
+    workdir: str = ".ragconf"
+
+
+class SourceSpec(_Strict):
+    type: Literal["files", "beir"]
+    path: str
+    include: list[str] = Field(default_factory=lambda: ["**/*.md", "**/*.txt", "**/*.html", "**/*.htm", "**/*.pdf"])
+    exclude: list[str] = Field(default_factory=list)
+
+
+class ChunkingSpec(_Strict):
+    strategy: Literal["markdown", "recursive", "none"] = "recursive"
+    #: Chunk size in words.
+    size: int = Field(200, gt=0)
+    #: Overlap between consecutive chunks, in words.
+    overlap: int = Field(40, ge=0)
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> ChunkingSpec:
+        if self.overlap >= self.size:
+            raise ValueError(f"overlap ({self.overlap}) must be smaller than size ({self.size})")
+        return self
+
+
+class AccessMappingSpec(_Strict):
+    """Which source metadata key feeds each access-control field (null: not mapped)."""
+
+    acl_groups: str | None = "acl_groups"
+    tenant: str | None = "tenant"
+    classification: str | None = "classification"
+    #: Values used when a document's metadata lacks the field, e.g. {classification: internal}.
+    defaults: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("defaults")
+    @classmethod
+    def _known_defaults(cls, v: dict[str, Any]) -> dict[str, Any]:
+        allowed = {"acl_groups", "tenant", "classification"}
+        for key in v:
+            if key not in allowed:
+                raise ValueError(f"unknown access field '{key}'; valid: {', '.join(sorted(allowed))}")
+        if "classification" in v and v["classification"] not in CLASSIFICATIONS:
+            raise ValueError(f"classification must be one of {', '.join(CLASSIFICATIONS)}")
+        return v
+
+
+class CorpusSpec(_Strict):
+    name: str
+    #: Convenience root for single-source corpora (e.g. `corpus=beir corpus.path=DIR`).
+    path: str | None = None
+    sources: list[SourceSpec] = Field(min_length=1)
+    access: AccessMappingSpec = Field(default_factory=AccessMappingSpec)
+    chunking: ChunkingSpec = Field(default_factory=ChunkingSpec)
+
+
+class StoreSpec(_Strict):
+    type: str = "sqlite"
+    path: str | None = None
+    hosts: str | None = None
+    index: str | None = None
+    api_key_env: str | None = None
+
+
+class EmbedderSpec(_Strict):
+    model: str = "minilm-int8"
+    batch_size: int = Field(32, gt=0)
+    max_length: int = Field(256, gt=0, le=512)
+    threads: int | None = Field(None, gt=0)
+
+
+class ComponentSpec(_Strict):
+    #: A registry alias (see `ragconf components`), never an import path.
+    type: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ConnectionSpec(_Strict):
+    sender: str
+    receiver: str
+
+
+class StageSpec(_Strict):
+    name: str
+    components: dict[str, ComponentSpec] = Field(min_length=1)
+    connections: list[ConnectionSpec] = Field(default_factory=list)
+    #: Stage inputs fed by the runtime, each to a list of "component.socket".
+    inputs: dict[str, list[str]] = Field(default_factory=dict)
+    #: "component.socket" that produces the stage's result.
+    output: str
+
+
+class PipelineSpec(StageSpec):
+    """The retrieval stage. ragconf appends an access guard after `output` and feeds the access filter to
+    every retriever."""
+
+
+class GeneratorSpec(StageSpec):
+    """The generation stage (a routing profile): inputs `query` and `documents`, output replies."""
+
+    locality: Literal["local", "remote"] = "local"
+    provider: str | None = None
+    region: str | None = None
+
+
+class UserSpec(_Strict):
+    groups: list[str] = Field(default_factory=list)
+    tenant: str | None = None
+    clearance: Literal["public", "internal", "confidential", "restricted"] = "public"
+    attributes: dict[str, Any] = Field(default_factory=dict)
+
+
+class IdentitySpec(_Strict):
+    #: A folder of YAML files, one per user (file stem = user id) or a users.yaml mapping id -> user.
+    users_dir: str | None = None
+    users: dict[str, UserSpec] = Field(default_factory=dict)
+    default_user: str | None = None
+
+
+class AuditSpec(_Strict):
+    sink: Literal["file", "none"] = "file"
+    path: str | None = None
+
+
+class PolicySpec(_Strict):
+    engine: Literal["embedded", "opa"] = "embedded"
+    bundle: str = "policies"
+    url: str | None = None
+    token_env: str | None = None
+    audit: AuditSpec = Field(default_factory=AuditSpec)
+
+
+class RoutingSpec(_Strict):
+    #: Generator options (configs/generator/<name>.yaml) the routing policy may choose from, besides the
+    #: configured `generator`.
+    profiles: list[str] = Field(default_factory=list)
+
+
+class TrackingSpec(_Strict):
+    enabled: bool = True
+    uri: str | None = None
+    experiment: str = "ragconf"
+    log_asks: bool = True
+
+
+class EvalSpec(_Strict):
+    name: str = "none"
+    path: str | None = None
+    split: str = "test"
+    user: str | None = None
+    answers: str | None = None
+    top_k: int = Field(100, gt=0)
+    max_queries: int | None = Field(None, gt=0)
+    gates: list[str] = Field(default_factory=list)
+    personas: list[str] = Field(default_factory=list)
+
+
+class RagconfSpec(_Strict):
+    project: ProjectSpec = Field(default_factory=ProjectSpec)
+    corpus: CorpusSpec
+    store: StoreSpec = Field(default_factory=StoreSpec)
+    embedder: EmbedderSpec = Field(default_factory=EmbedderSpec)
+    pipeline: PipelineSpec
+    generator: GeneratorSpec
+    identity: IdentitySpec = Field(default_factory=IdentitySpec)
+    policy: PolicySpec = Field(default_factory=PolicySpec)
+    routing: RoutingSpec = Field(default_factory=RoutingSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    eval: EvalSpec = Field(default_factory=EvalSpec)
