@@ -1,0 +1,182 @@
+"""Build Haystack pipelines from validated stage specs, in code, with add_component/connect.
+
+Static checks happen here so a bad spec fails before any document is touched: unknown aliases, unknown
+constructor parameters, unknown sockets, bad connections, stage inputs/outputs that do not exist, and
+retrievers that could not take the access filter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ragconf.errors import CompileError, RagconfError
+from ragconf.registry import Registry, default_registry
+from ragconf.spec.models import EmbedderSpec, StageSpec
+
+__all__ = ["BuildContext", "BuiltStage", "GUARD_NAME", "build_stage", "input_sockets", "output_sockets"]
+
+GUARD_NAME = "access_guard"
+
+
+@dataclass
+class BuildContext:
+    """What components need injected: the store, the embedder settings, the policy service."""
+
+    store: Any = None
+    embedder: EmbedderSpec | None = None
+    policy: Any = None
+    registry: Registry = field(default_factory=default_registry)
+    source_of: Callable[[str], str] = lambda key: "<config>"
+
+
+@dataclass
+class BuiltStage:
+    name: str
+    pipeline: Any  # haystack.Pipeline
+    inputs: dict[str, list[tuple[str, str]]]
+    output: tuple[str, str]
+    retrievers: list[str]
+    guarded: bool
+
+    def run(self, values: dict[str, Any], *, extra: dict[str, dict[str, Any]] | None = None) -> Any:
+        """Run with the stage inputs in ``values`` plus per-component ``extra`` inputs; return the output."""
+        data: dict[str, dict[str, Any]] = {}
+        for name, targets in self.inputs.items():
+            if name not in values:
+                continue
+            for comp, sock in targets:
+                data.setdefault(comp, {})[sock] = values[name]
+        for comp, kw in (extra or {}).items():
+            data.setdefault(comp, {}).update(kw)
+        out_comp, out_sock = self.output
+        result = self.pipeline.run(data, include_outputs_from={out_comp})
+        return result.get(out_comp, {}).get(out_sock), result
+
+
+def input_sockets(instance: Any) -> dict[str, Any]:
+    return dict(getattr(instance, "__haystack_input__")._sockets_dict)
+
+
+def output_sockets(instance: Any) -> dict[str, Any]:
+    return dict(getattr(instance, "__haystack_output__")._sockets_dict)
+
+
+def _split_ref(ref: str, key: str, source: str, components: dict[str, Any]) -> tuple[str, str]:
+    comp, dot, sock = ref.partition(".")
+    if not dot or not comp or not sock:
+        raise CompileError(f"'{ref}' must look like 'component.socket'", key=key, source=source)
+    if comp not in components:
+        raise CompileError(f"no component named '{comp}'", key=key, source=source, valid=components, got=comp)
+    return comp, sock
+
+
+def _resolve_param(value: Any) -> Any:
+    if value == "@default_prompt":
+        from ragconf.components.generators import DEFAULT_PROMPT_TEMPLATE
+
+        return DEFAULT_PROMPT_TEMPLATE
+    return value
+
+
+def _instantiate(name: str, spec: Any, prefix: str, ctx: BuildContext) -> tuple[Any, str]:
+    key = f"{prefix}.components.{name}"
+    source = ctx.source_of(key)
+    entry = ctx.registry.get(spec.type, key=f"{key}.type", source=source)
+    params = {k: _resolve_param(v) for k, v in {**entry.defaults, **spec.params}.items()}
+    accepted = entry.init_params()
+    injected: dict[str, Any] = {}
+    if entry.kind == "retriever":
+        if ctx.store is None:
+            raise CompileError("a retriever needs a document store", key=key, source=source)
+        injected["document_store"] = ctx.store
+    if entry.kind == "text_embedder" and ctx.embedder is not None:
+        for k, v in ctx.embedder.model_dump().items():
+            if accepted is None or k in accepted:
+                params.setdefault(k, v)
+    if accepted is not None:
+        for p in params:
+            if p not in accepted or p in injected:
+                raise CompileError(
+                    f"component '{name}' ({spec.type}) has no parameter '{p}'",
+                    key=f"{key}.params.{p}",
+                    source=source,
+                    valid=[a for a in accepted if a not in injected],
+                    got=p,
+                )
+    try:
+        return entry.load()(**params, **injected), entry.kind
+    except RagconfError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise CompileError(f"cannot create component '{name}' ({spec.type}): {exc}", key=key, source=source) from None
+
+
+def build_stage(stage: StageSpec, prefix: str, ctx: BuildContext, *, guard: bool = False) -> BuiltStage:
+    """Build one stage (``prefix`` is its config key: ``pipeline`` or ``generator``)."""
+    from haystack import Pipeline
+    from haystack.core.errors import PipelineConnectError
+
+    pipe = Pipeline()
+    instances: dict[str, Any] = {}
+    retrievers: list[str] = []
+    for name, cspec in stage.components.items():
+        if name == GUARD_NAME:
+            raise CompileError(f"'{GUARD_NAME}' is reserved for ragconf's access guard",
+                               key=f"{prefix}.components.{name}", source=ctx.source_of(prefix))
+        instance, kind = _instantiate(name, cspec, prefix, ctx)
+        pipe.add_component(name, instance)
+        instances[name] = instance
+        if kind == "retriever":
+            retrievers.append(name)
+
+    for i, conn in enumerate(stage.connections):
+        key = f"{prefix}.connections[{i}]"
+        source = ctx.source_of(key)
+        s_comp, s_sock = _split_ref(conn.sender, f"{key}.sender", source, instances)
+        r_comp, r_sock = _split_ref(conn.receiver, f"{key}.receiver", source, instances)
+        outs, ins = output_sockets(instances[s_comp]), input_sockets(instances[r_comp])
+        if s_sock not in outs:
+            raise CompileError(f"'{s_comp}' has no output '{s_sock}'", key=f"{key}.sender", source=source,
+                               valid=outs, got=s_sock)
+        if r_sock not in ins:
+            raise CompileError(f"'{r_comp}' has no input '{r_sock}'", key=f"{key}.receiver", source=source,
+                               valid=ins, got=r_sock)
+        if r_comp in retrievers and r_sock == "filters":
+            raise CompileError("retriever filters come from the access policy and cannot be connected",
+                               key=f"{key}.receiver", source=source)
+        try:
+            pipe.connect(conn.sender, conn.receiver)
+        except PipelineConnectError as exc:
+            raise CompileError(str(exc), key=key, source=source) from None
+
+    inputs: dict[str, list[tuple[str, str]]] = {}
+    for in_name, targets in stage.inputs.items():
+        for j, ref in enumerate(targets):
+            key = f"{prefix}.inputs.{in_name}[{j}]"
+            comp, sock = _split_ref(ref, key, ctx.source_of(key), instances)
+            if sock not in input_sockets(instances[comp]):
+                raise CompileError(f"'{comp}' has no input '{sock}'", key=key, source=ctx.source_of(key),
+                                   valid=input_sockets(instances[comp]), got=sock)
+            inputs.setdefault(in_name, []).append((comp, sock))
+
+    okey = f"{prefix}.output"
+    out_comp, out_sock = _split_ref(stage.output, okey, ctx.source_of(okey), instances)
+    if out_sock not in output_sockets(instances[out_comp]):
+        raise CompileError(f"'{out_comp}' has no output '{out_sock}'", key=okey, source=ctx.source_of(okey),
+                           valid=output_sockets(instances[out_comp]), got=out_sock)
+
+    for name in retrievers:
+        if "filters" not in input_sockets(instances[name]):
+            raise CompileError(f"retriever '{name}' cannot take an access filter (no 'filters' input)",
+                               key=f"{prefix}.components.{name}", source=ctx.source_of(prefix))
+    if guard:
+        from ragconf.guard import AccessGuard
+
+        pipe.add_component(GUARD_NAME, AccessGuard(ctx.policy))
+        pipe.connect(f"{out_comp}.{out_sock}", f"{GUARD_NAME}.documents")
+        out_comp, out_sock = GUARD_NAME, "documents"
+    return BuiltStage(stage.name, pipe, inputs, (out_comp, out_sock), retrievers, guard)
+
+
