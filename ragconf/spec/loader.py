@@ -67,6 +67,8 @@ def _source_of(key: str, choices: dict[str, str], dirs: list[Path], overrides: l
     top = key.split(".", 1)[0].split("[", 1)[0]
     for ov in overrides:
         name = ov.lstrip("+~").split("=", 1)[0]
+        if name in choices and "." not in name:
+            continue  # a group choice: the option's file is the source
         if name == key or key.startswith(name + ".") or key.startswith(name + "["):
             return f"command-line override '{ov}'"
     choice = choices.get(top)
@@ -119,13 +121,16 @@ def _explain_hydra_error(exc: Exception, overrides: list[str], dirs: list[Path])
     if m:
         key = m.group(1)
         missing = re.search(r"Key '([^']+)' is not in struct", msg)
-        parent_key = key.rsplit(".", 1)[0] if "." in key else ""
+        parts = tuple(key.split("."))
+        model = _model_at(parts)
+        valid = list(model.model_fields) if model is not None else None
         return SpecError(
             f"no such key '{key}'" + (f" (unknown key '{missing.group(1)}')" if missing else ""),
             key=key,
             source=f"command-line override starting with '{key}='",
-            hint=f"use '+{key}=VALUE' to add a new key, or check the spelling"
-            + (f" of the keys under '{parent_key}'" if parent_key else ""),
+            valid=valid,
+            got=parts[-1],
+            hint=f"use '+{key}=VALUE' to add a key where free-form mappings allow it (e.g. params)",
         )
     m = re.search(r"Error parsing override '([^']+)'", msg)
     if m:
@@ -139,6 +144,15 @@ def _explain_hydra_error(exc: Exception, overrides: list[str], dirs: list[Path])
     return SpecError(f"cannot compose the config: {first}", source=", ".join(str(d) for d in dirs))
 
 
+def _register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("rc_root"):
+        OmegaConf.register_new_resolver("rc_root", lambda: str(BUILTIN_CONFIG_DIR.parent))
+    if not OmegaConf.has_resolver("rc_basename"):
+        OmegaConf.register_new_resolver("rc_basename", lambda p: Path(str(p)).name or "corpus")
+
+
 def _compose(config_dir: Path, overrides: list[str], dirs: list[Path], config_name: str) -> Any:
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -147,6 +161,7 @@ def _compose(config_dir: Path, overrides: list[str], dirs: list[Path], config_na
     if len(dirs) > 1:
         search = ",".join(f"file://{d}" for d in dirs[1:])
         extra.append(f"hydra.searchpath=[{search}]")
+    _register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(config_dir), version_base=None, job_name="ragconf"):
         return compose(config_name=config_name, overrides=[*overrides, *extra], return_hydra_config=True)
@@ -183,6 +198,17 @@ def load_config(
         data = OmegaConf.to_container(with_hydra, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or ""
+        missing = re.search(r"Missing mandatory value: ([\w.\[\]]+)", str(exc))
+        if missing:
+            mkey = missing.group(1)
+            if "." not in mkey and key:
+                mkey = key
+            raise SpecError(
+                "a required value is not set",
+                key=mkey,
+                source=_source_of(mkey, choices, dirs, overrides),
+                hint=f"set it on the command line: {mkey}=VALUE",
+            ) from None
         raise SpecError(
             str(exc).splitlines()[0],
             key=key or None,
