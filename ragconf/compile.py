@@ -105,12 +105,38 @@ def _instantiate(name: str, spec: Any, prefix: str, ctx: BuildContext) -> tuple[
                     valid=[a for a in accepted if a not in injected],
                     got=p,
                 )
+    _check_param_types(entry.load(), params, key, source, spec.type)
     try:
         return entry.load()(**params, **injected), entry.kind
     except RagconfError:
         raise
     except (TypeError, ValueError) as exc:
         raise CompileError(f"cannot create component '{name}' ({spec.type}): {exc}", key=key, source=source) from None
+
+
+def _check_param_types(cls: Any, params: dict[str, Any], key: str, source: str, alias: str) -> None:
+    """Validate YAML param values against the constructor's type hints (lax, like pydantic)."""
+    import typing
+
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # unresolvable annotations: leave it to the constructor
+        return
+    for name, value in params.items():
+        hint = hints.get(name)
+        if hint is None or hint is typing.Any:
+            continue
+        try:
+            adapter = TypeAdapter(hint, config={"arbitrary_types_allowed": True})
+            adapter.validate_python(value)
+        except ValidationError as exc:
+            msg = exc.errors()[0]["msg"] if exc.errors() else str(exc)
+            raise CompileError(f"{msg} (got {value!r}) for parameter '{name}' of {alias}",
+                               key=f"{key}.params.{name}", source=source) from None
+        except Exception:  # type not expressible for pydantic: skip
+            continue
 
 
 def build_stage(stage: StageSpec, prefix: str, ctx: BuildContext, *, guard: bool = False) -> BuiltStage:
