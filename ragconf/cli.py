@@ -1,0 +1,281 @@
+"""The ragconf command line (Typer). User mistakes exit 2 with one clear message, never a traceback."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from ragconf.errors import RagconfError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="ragconf",
+    help="Declarative, governed, reproducible RAG on Haystack. Any config key is overridable as key=value.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+policy_app = typer.Typer(help="Test and evaluate the Rego policies.", no_args_is_help=True)
+runs_app = typer.Typer(help="List, compare and reproduce tracked runs.", no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+app.add_typer(runs_app, name="runs")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+ConfigDir = Annotated[
+    Path | None,
+    typer.Option("--config-dir", "-c", help="Your config folder (config.yaml + groups); built-ins stay on the search path."),
+]
+Overrides = Annotated[list[str] | None, typer.Argument(help="Config overrides, Hydra syntax: key=value, group=option")]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+
+
+def _err(msg: str) -> None:
+    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn ragconf errors into one message and an exit code; Ctrl-C into exit 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except RagconfError as exc:
+            _err(str(exc))
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            _err("interrupted; everything committed so far is kept, re-run to continue")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _load(config_dir: Path | None, overrides: list[str] | None) -> Any:
+    from ragconf.spec import load_config
+
+    return load_config(config_dir, overrides or [])
+
+
+def _app(config_dir: Path | None, overrides: list[str] | None) -> Any:
+    from ragconf.runtime import RagApp
+
+    return RagApp(_load(config_dir, overrides), config_dir=config_dir)
+
+
+def _emit(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+@app.command()
+@handle_errors
+def validate(overrides: Overrides = None, config_dir: ConfigDir = None, as_json: JsonFlag = False) -> None:
+    """Compose and validate the config, build every pipeline and load the policies."""
+    rag = _app(config_dir, overrides)
+    stages = {"pipeline": rag.retrieval.name}
+    for name in rag.profiles:
+        rag.generation(name)
+    stages["generators"] = ", ".join(rag.profiles)
+    revision = rag.policy.bundle_revision
+    users = rag.directory.ids()
+    result = {
+        "valid": True,
+        "config_hash": rag.loaded.hash,
+        "choices": rag.loaded.choices,
+        "pipeline": rag.retrieval.name,
+        "generators": list(rag.profiles),
+        "policy_revision": revision,
+        "users": users,
+    }
+    if as_json:
+        _emit(result)
+    else:
+        typer.echo(f"config ok  (hash {rag.loaded.hash[:12]})")
+        typer.echo(f"  groups:    {', '.join(f'{k}={v}' for k, v in sorted(rag.loaded.choices.items()))}")
+        typer.echo(f"  pipeline:  {rag.retrieval.name} ({len(rag.spec.pipeline.components)} components + access guard)")
+        typer.echo(f"  profiles:  {stages['generators']}")
+        typer.echo(f"  policies:  revision {revision[:12]}")
+        typer.echo(f"  users:     {', '.join(users) or '(none)'}")
+    rag.close()
+
+
+def _progress(enabled: bool) -> Any:
+    if not enabled:
+        return None, None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    prog = Progress(TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    transient=True, console=__import__("rich.console").console.Console(stderr=True))
+    task = prog.add_task("ingest", total=None)
+
+    def update(done: int, total: int) -> None:
+        prog.update(task, completed=done, total=total)
+
+    return prog, update
+
+
+@app.command()
+@handle_errors
+def ingest(overrides: Overrides = None, config_dir: ConfigDir = None, as_json: JsonFlag = False) -> None:
+    """Read the corpus sources, chunk, embed and write to the store (incremental and idempotent)."""
+    rag = _app(config_dir, overrides)
+    show = not as_json and sys.stderr.isatty()
+    prog, update = _progress(show)
+    tracker = _tracker(rag)
+    try:
+        with tracker.start_run("ingest", config=rag.loaded.data, overrides=rag.loaded.overrides) as run:
+            if prog is not None:
+                with prog:
+                    summary = rag.ingest(progress=update)
+            else:
+                summary = rag.ingest(progress=None if as_json else _plain_progress)
+            _log_manifest(run, rag)
+            run.log_metrics(_summary_metrics(summary))
+            run_id = run.run_id
+    finally:
+        rag.close()
+    data = _summary_dict(summary)
+    data["run_id"] = run_id
+    if as_json:
+        _emit(data)
+    else:
+        typer.echo(
+            f"ingested corpus '{rag.spec.corpus.name}': {data['added']} added, {data['updated']} updated, "
+            f"{data['deleted']} deleted, {data['unchanged']} unchanged, {data['duplicates']} duplicates; "
+            f"{data['chunks_written']} chunks in {data['seconds']:.1f}s"
+        )
+        for err in data.get("errors") or []:
+            typer.secho(f"  skipped {err}", fg=typer.colors.YELLOW, err=True)
+    if data.get("errors"):
+        raise typer.Exit(1)
+
+
+def _plain_progress(done: int, total: int) -> None:
+    if total and (done == total or done % max(1, total // 10) == 0):
+        typer.echo(f"  {done}/{total} documents", err=True)
+
+
+def _summary_dict(summary: Any) -> dict[str, Any]:
+    from dataclasses import asdict, is_dataclass
+
+    data = asdict(summary) if is_dataclass(summary) else dict(summary)
+    data["errors"] = [str(e) for e in data.get("errors") or []]
+    return data
+
+
+def _summary_metrics(summary: Any) -> dict[str, float]:
+    data = _summary_dict(summary)
+    return {k: float(v) for k, v in data.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+
+
+def _tracker(rag: Any) -> Any:
+    from ragconf.tracking import make_tracker
+
+    return make_tracker(rag.spec.tracking.model_dump(), workdir=rag.workdir)
+
+
+def _log_manifest(run: Any, rag: Any) -> None:
+    """Model, index and policy fingerprints plus the Haystack pipeline YAML."""
+    run.log_model_fingerprint(rag.spec.embedder.model, rag.embedder.model_files())
+    run.log_index_fingerprint(rag.store.fingerprint())
+    run.log_policy_revision(rag.policy.bundle_revision)
+    run.log_text(rag.retrieval.pipeline.dumps(), "pipeline.yaml")
+
+
+@app.command()
+@handle_errors
+def ask(
+    question: Annotated[str, typer.Argument(help="The question.")],
+    overrides: Overrides = None,
+    user: Annotated[str | None, typer.Option("--user", "-u", help="User id from the identity config.")] = None,
+    config_dir: ConfigDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Answer a question with numbered citations, as USER (documents the policy denies are never used)."""
+    rag = _app(config_dir, overrides)
+    try:
+        answer = rag.ask(question, user)
+        answer.run_id = _track_ask(rag, answer)
+    finally:
+        rag.close()
+    if as_json:
+        _emit(answer.to_dict())
+        return
+    typer.echo(answer.answer)
+    if answer.citations:
+        typer.echo("")
+        for c in answer.citations:
+            typer.echo(f"[{c['n']}] {c.get('source') or c.get('doc_id')}  (doc {c['doc_id']}, chunk {c['chunk_id'][:12]})")
+    if answer.refused:
+        raise typer.Exit(3)
+
+
+def _track_ask(rag: Any, answer: Any) -> str | None:
+    if not (rag.spec.tracking.enabled and rag.spec.tracking.log_asks):
+        return None
+    try:
+        tracker = _tracker(rag)
+        with tracker.start_run("ask", config=rag.loaded.data, overrides=rag.loaded.overrides) as run:
+            run.set_tags({f"decision.{k}": v for k, v in answer.decision_ids.items()})
+            run.log_metrics({k: v for k, v in answer.timings_ms.items()})
+            run.log_dict({"question": answer.question, "user": answer.user,
+                          "documents": [d["chunk_id"] for d in answer.documents],
+                          "citations": answer.citations, "route": answer.route}, "ask.json")
+            return str(run.run_id) if run.run_id else None
+    except Exception as exc:  # tracking never loses the answer
+        typer.secho(f"warning: tracking failed: {exc}", fg=typer.colors.YELLOW, err=True)
+        return None
+
+
+@app.command()
+@handle_errors
+def export(
+    overrides: Overrides = None,
+    config_dir: ConfigDir = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write here instead of stdout.")] = None,
+) -> None:
+    """Write the Haystack-native YAML of the retrieval pipeline and the configured generator."""
+    rag = _app(config_dir, overrides)
+    try:
+        text = "# retrieval stage\n" + rag.retrieval.pipeline.dumps()
+        text += "---\n# generation stage\n" + rag.generation(rag.spec.generator.name).pipeline.dumps()
+    finally:
+        rag.close()
+    if out:
+        out.write_text(text, encoding="utf-8")
+        typer.echo(f"wrote {out}", err=True)
+    else:
+        sys.stdout.write(text)
+
+
+@app.command()
+@handle_errors
+def components(as_json: JsonFlag = False) -> None:
+    """List the component aliases YAML may use."""
+    from ragconf.registry import default_registry
+
+    entries = default_registry().entries()
+    if as_json:
+        _emit([{"alias": e.alias, "kind": e.kind, "description": e.description} for e in entries])
+        return
+    for e in entries:
+        typer.echo(f"{e.alias:22} {e.kind:14} {e.description}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
