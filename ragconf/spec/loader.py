@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ragconf.errors import SpecError
-from ragconf.spec.models import RagconfSpec
+from ragconf.spec.models import ProjectSpec, RagconfSpec, RoutingSpec
 
 __all__ = [
     "BUILTIN_CONFIG_DIR",
@@ -194,8 +194,11 @@ def load_config(
 
     with open_dict(with_hydra):
         del with_hydra["hydra"]
+    # keys every config has even when a team's config.yaml leaves them out
+    base = OmegaConf.create({"project": ProjectSpec().model_dump(), "routing": RoutingSpec().model_dump()})
     try:
-        data = OmegaConf.to_container(with_hydra, resolve=True, throw_on_missing=True)
+        merged = OmegaConf.merge(base, with_hydra)
+        data = OmegaConf.to_container(merged, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or ""
         missing = re.search(r"Missing mandatory value: ([\w.\[\]]+)", str(exc))
