@@ -237,23 +237,30 @@ def _dotted(loc: tuple[Any, ...]) -> str:
 
 def _model_at(loc: tuple[Any, ...]) -> Any:
     """The pydantic model class that owns the last element of ``loc`` (for listing valid keys)."""
+    import typing
+
     model: Any = RagconfSpec
+    skip_next = False
     for part in loc[:-1]:
+        if skip_next:  # a dict key or list index inside a container field
+            skip_next = False
+            continue
         if isinstance(part, int) or model is None:
             continue
-        fld = model.model_fields.get(part) if hasattr(model, "model_fields") else None
+        fld = model.model_fields.get(part)
         if fld is None:
             return None
         ann = fld.annotation
-        inner = getattr(ann, "__args__", None)
-        candidates = [ann, *(inner or [])]
-        model = next((c for c in candidates if hasattr(c, "model_fields")), None)
-        if model is None:
-            # dict[str, Model] / list[Model]
-            for c in inner or []:
-                for cc in getattr(c, "__args__", ()) or ():
-                    if hasattr(cc, "model_fields"):
-                        model = cc
+        if hasattr(ann, "model_fields"):
+            model = ann
+            continue
+        origin, args = typing.get_origin(ann), typing.get_args(ann)
+        if origin in (dict, list):
+            inner = args[-1] if args else None
+            model = inner if hasattr(inner, "model_fields") else None
+            skip_next = True
+        else:  # Optional[Model] and friends
+            model = next((a for a in args if hasattr(a, "model_fields")), None)
     return model
 
 
