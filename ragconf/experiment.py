@@ -1,0 +1,197 @@
+"""Evaluation runs: an evaluation set through the configured pipeline, metrics, leakage, gates, tracking."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ragconf.errors import EvalError, SpecError
+
+__all__ = ["EvalResult", "run_eval"]
+
+
+@dataclass
+class EvalResult:
+    metrics: dict[str, float]
+    gates: list[Any] = field(default_factory=list)
+    per_persona: dict[str, dict[str, float]] = field(default_factory=dict)
+    run_id: str | None = None
+    user: str = ""
+    queries: int = 0
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metrics": self.metrics,
+            "per_persona": self.per_persona,
+            "gates": [
+                {"gate": str(g.gate), "value": g.value, "passed": g.passed, "margin": g.margin} for g in self.gates
+            ],
+            "passed": self.passed,
+            "run_id": self.run_id,
+            "user": self.user,
+            "queries": self.queries,
+        }
+
+
+def _dataset(path: str | None, split: str) -> tuple[dict[str, str], dict[str, dict[str, int]], Path]:
+    from ragconf.ingest.beir import load_qrels, load_queries
+
+    if not path:
+        raise SpecError("no evaluation set configured", key="eval.path",
+                        hint="choose one: eval=beir eval.path=DIR, or eval=handbook")
+    root = Path(path)
+    if not (root / "queries.jsonl").is_file():
+        raise EvalError(f"'{root}' has no queries.jsonl (BEIR format: queries.jsonl + qrels/{split}.tsv)")
+    if not (root / "qrels" / f"{split}.tsv").is_file():
+        raise EvalError(f"'{root}' has no qrels/{split}.tsv", hint="set eval.split to one of the files in qrels/")
+    queries = load_queries(root / "queries.jsonl")
+    qrels = load_qrels(root, split=split)
+    return queries, qrels, root
+
+
+def _answers(root: Path, explicit: str | None) -> dict[str, str]:
+    import json
+
+    path = Path(explicit) if explicit else root / "answers.jsonl"
+    if not path.is_file():
+        if explicit:
+            raise EvalError(f"answers file '{path}' does not exist")
+        return {}
+    out: dict[str, str] = {}
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            out[str(row["_id"])] = str(row["answer"])
+        except (ValueError, KeyError) as exc:
+            raise EvalError(f"{path}:{i}: expected {{\"_id\": ..., \"answer\": ...}} ({exc})") from None
+    return out
+
+
+def _visible_doc_ids(rag: Any, principal: Any, doc_ids: set[str]) -> set[str]:
+    """Of ``doc_ids``, those with at least one chunk the access policy lets ``principal`` see."""
+    if not doc_ids:
+        return set()
+    chunks = rag.store.filter_documents({"field": "meta.doc_id", "operator": "in", "value": sorted(doc_ids)})
+    if not chunks:
+        return set()
+    decision = rag.policy.check_documents(principal, chunks, {"action": "evaluate"})
+    return {d.meta.get("doc_id") for d in decision.allowed}
+
+
+def _leaks(rag: Any, principal: Any, docs: list[Any]) -> int:
+    """Documents in an answer that an independent re-check says the principal may not see: a fresh policy
+    decision and the pure-Python evaluation of the policy's filter must both allow each one."""
+    from ragconf.policy.filters import matches
+
+    if not docs:
+        return 0
+    allowed = {d.id for d in rag.policy.check_documents(principal, docs, {"action": "audit"}).allowed}
+    filt = rag.policy.retrieval_filter(principal, {"action": "audit"}).filters
+    return sum(1 for d in docs if d.id not in allowed or not matches(filt, {"meta": d.meta, **d.meta}))
+
+
+def run_eval(rag: Any, *, user: str | None = None, tracker: Any = None, progress: Any = None) -> EvalResult:
+    """Run the configured evaluation set through ``rag`` and check the gates."""
+    from ragconf.eval.answer_metrics import citation_precision, reference_overlap
+    from ragconf.eval.gates import check_gates, parse_gates
+    from ragconf.eval.metrics import evaluate_run
+
+    spec = rag.spec.eval
+    gates = parse_gates(spec.gates)  # syntax errors before any work
+    queries, qrels, root = _dataset(spec.path, spec.split)
+    qids = [q for q in queries if q in qrels]
+    if spec.max_queries:
+        qids = qids[: spec.max_queries]
+    if not qids:
+        raise EvalError(f"no query in {root}/queries.jsonl has judgements in qrels/{spec.split}.tsv")
+    references = _answers(root, spec.answers)
+    uid = user or spec.user or rag.spec.identity.default_user or "anonymous"
+    principal = rag.principal(uid)
+    judged = {d for q in qids for d in qrels[q]}
+    visible = _visible_doc_ids(rag, principal, judged)
+    run: dict[str, dict[str, float]] = {}
+    latencies: list[float] = []
+    overlap_f1: list[float] = []
+    cite_prec: list[float] = []
+    for i, qid in enumerate(qids):
+        t0 = time.perf_counter()
+        docs, _, _ = rag.retrieve(queries[qid], principal, top_k=spec.top_k)
+        latencies.append((time.perf_counter() - t0) * 1000)
+        scores: dict[str, float] = {}
+        n = len(docs)
+        for rank, d in enumerate(docs):
+            did = str(d.meta.get("doc_id"))
+            # chunk -> document: keep the best rank; scores strictly decreasing in rank
+            scores.setdefault(did, float(n - rank))
+        run[qid] = scores
+        if qid in references:
+            ans = rag.ask(queries[qid], uid)
+            overlap_f1.append(reference_overlap(ans.answer, references[qid])["f1"])
+            cite_prec.append(citation_precision(ans.answer, [d["content"] for d in ans.documents]))
+        if progress is not None:
+            progress(i + 1, len(qids))
+    visible_qrels = {q: {d: r for d, r in qrels[q].items() if d in visible} for q in qids}
+    visible_qrels = {q: rels for q, rels in visible_qrels.items() if any(r > 0 for r in rels.values())}
+    metrics = evaluate_run(visible_qrels, {q: run[q] for q in visible_qrels}) if visible_qrels else {}
+    metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+    lat = sorted(latencies)
+    metrics["p50_ms"] = lat[len(lat) // 2]
+    metrics["p95_ms"] = lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))]
+    metrics["queries"] = float(len(qids))
+    metrics["judged_queries"] = float(len(visible_qrels))
+    metrics["embedding_calls"] = float(len(qids)) if any(
+        c.type == "text_embedder" for c in rag.spec.pipeline.components.values()) else 0.0
+    if overlap_f1:
+        metrics["answer_f1"] = sum(overlap_f1) / len(overlap_f1)
+        metrics["citation_precision"] = sum(cite_prec) / len(cite_prec)
+    per_persona: dict[str, dict[str, float]] = {}
+    total_leak = 0
+    for persona in spec.personas or [uid]:
+        p = rag.principal(persona)
+        leaked = 0
+        answers = 0
+        for qid in qids:
+            ans = rag.ask(queries[qid], persona) if spec.personas else None
+            docs, _, _ = rag.retrieve(queries[qid], p, top_k=spec.top_k)
+            leaked += _leaks(rag, p, docs)
+            if ans is not None:
+                answers += 1
+                cited = {c["chunk_id"] for c in ans.citations}
+                used = [d for d in docs if d.id in cited] + _docs_by_id(rag, ans, cited)
+                leaked += _leaks(rag, p, used)
+        per_persona[persona] = {"leakage": float(leaked), "answers": float(answers)}
+        total_leak += leaked
+    metrics["leakage"] = float(total_leak)
+    results = check_gates(gates, metrics)
+    result = EvalResult(metrics, results, per_persona, None, uid, len(qids))
+    if tracker is not None:
+        result.run_id = _track(rag, tracker, result, root)
+    return result
+
+
+def _docs_by_id(rag: Any, ans: Any, cited: set[str]) -> list[Any]:
+    """The stored chunks behind an answer's documents (so leakage is checked on stored metadata)."""
+    ids = sorted({d["chunk_id"] for d in ans.documents} | cited)
+    if not ids:
+        return []
+    return list(rag.store.filter_documents({"field": "id", "operator": "in", "value": ids}))
+
+
+def _track(rag: Any, tracker: Any, result: EvalResult, root: Path) -> str | None:
+    with tracker.start_run("eval", config=rag.loaded.data, overrides=rag.loaded.overrides) as run:
+        run.log_metrics(result.metrics)
+        run.log_dataset_fingerprint(root.name, sorted(p for p in root.rglob("*") if p.is_file()))
+        run.log_model_fingerprint(rag.spec.embedder.model, rag.embedder.model_files())
+        run.log_index_fingerprint(rag.store.fingerprint())
+        run.log_policy_revision(rag.policy.bundle_revision)
+        run.log_text(rag.retrieval.pipeline.dumps(), "pipeline.yaml")
+        run.log_dict(result.to_dict(), "eval.json")
+        return str(run.run_id) if run.run_id else None
