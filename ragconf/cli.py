@@ -270,6 +270,175 @@ def components(as_json: JsonFlag = False) -> None:
         typer.echo(f"{e.alias:22} {e.kind:14} {e.description}")
 
 
+@app.command("eval")
+@handle_errors
+def eval_cmd(
+    overrides: Overrides = None,
+    user: Annotated[str | None, typer.Option("--user", "-u", help="Evaluate as this user (default: eval.user).")] = None,
+    multirun: Annotated[bool, typer.Option("--multirun", "-m", help="Sweep: k=a,b,c runs each combination.")] = False,
+    config_dir: ConfigDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Run the evaluation set, report metrics and leakage, and fail (exit 4) when a gate fails."""
+    from ragconf.experiment import run_eval
+    from ragconf.spec import expand_sweep
+
+    combos = expand_sweep(list(overrides or [])) if multirun else [list(overrides or [])]
+    results = []
+    parent = None
+    if multirun and len(combos) > 1:
+        rag0 = _app(config_dir, combos[0])
+        parent = _tracker(rag0).start_parent("sweep", overrides=list(overrides or []))
+    try:
+        for combo in combos:
+            rag = _app(config_dir, combo)
+            try:
+                tracker = _tracker(rag)
+                if parent is not None:
+                    tracker.parent_run_id = parent.run_id
+                result = run_eval(rag, user=user, tracker=tracker,
+                                  progress=None if as_json else _plain_progress_queries)
+            finally:
+                rag.close()
+            results.append((combo, result))
+    finally:
+        if parent is not None:
+            parent.close()
+    failed = [r for _, r in results if not r.passed]
+    if as_json:
+        out = [dict(r.to_dict(), overrides=c) for c, r in results]
+        _emit(out[0] if len(out) == 1 else {"runs": out, "parent_run_id": getattr(parent, "run_id", None)})
+    else:
+        for combo, r in results:
+            if len(results) > 1:
+                typer.echo(f"== {' '.join(combo)}")
+            _print_eval(r)
+    if failed:
+        raise typer.Exit(4)
+
+
+def _plain_progress_queries(done: int, total: int) -> None:
+    if total and (done == total or done % max(1, total // 5) == 0):
+        typer.echo(f"  {done}/{total} queries", err=True)
+
+
+def _print_eval(r: Any) -> None:
+    typer.echo(f"evaluated {r.queries} queries as '{r.user}'" + (f"  (run {r.run_id})" if r.run_id else ""))
+    for k in sorted(r.metrics):
+        typer.echo(f"  {k:20} {r.metrics[k]:.4f}")
+    for persona, vals in sorted(r.per_persona.items()):
+        typer.echo(f"  leakage[{persona}] = {int(vals['leakage'])}")
+    for g in r.gates:
+        mark = "PASS" if g.passed else "FAIL"
+        detail = "" if g.passed else f"  (off by {abs(g.margin):.4f})"
+        typer.echo(f"  gate {mark}: {g.gate}  value {g.value:.4f}{detail}")
+
+
+@policy_app.command("test")
+@handle_errors
+def policy_test(overrides: Overrides = None, config_dir: ConfigDir = None,
+                verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+    """Run every *_test.rego of the bundle through the configured engine."""
+    from ragconf.policy import load_engine, run_policy_tests
+
+    spec = _load(config_dir, overrides).spec
+    report = run_policy_tests(Path(spec.policy.bundle), load_engine(spec.policy.model_dump()))
+    for item in report.results:
+        if verbose or not item.passed:
+            typer.echo(f"{'PASS' if item.passed else 'FAIL'} {item.name}" + (f": {item.error}" if item.error else ""))
+    typer.echo(f"{report.passed} passed, {report.failed} failed")
+    if report.failed or report.passed == 0:
+        if report.passed == 0 and report.failed == 0:
+            _err(f"no tests found in {spec.policy.bundle} (files named *_test.rego with rules test_*)")
+        raise typer.Exit(1)
+
+
+@policy_app.command("eval")
+@handle_errors
+def policy_eval(
+    package: Annotated[str, typer.Argument(help="Rule path, e.g. ragconf.access.filter or ragconf/routing/decision")],
+    input_file: Annotated[Path, typer.Option("--input", "-i", help="JSON or YAML input document.")],
+    overrides: Overrides = None,
+    config_dir: ConfigDir = None,
+) -> None:
+    """Evaluate one decision and print it as JSON (undefined prints null and exits 3)."""
+    import yaml
+
+    from ragconf.errors import SpecError
+    from ragconf.policy import load_engine
+
+    spec = _load(config_dir, overrides).spec
+    if not input_file.is_file():
+        raise SpecError(f"input file '{input_file}' does not exist", key="--input")
+    try:
+        data = yaml.safe_load(input_file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise SpecError(f"cannot parse: {exc}", key="--input", source=str(input_file)) from None
+    engine = load_engine(spec.policy.model_dump())
+    value = engine.evaluate(package.replace(".", "/"), data)
+    _emit(value)
+    if value is None:
+        raise typer.Exit(3)
+
+
+@runs_app.command("list")
+@handle_errors
+def runs_list(overrides: Overrides = None, config_dir: ConfigDir = None, as_json: JsonFlag = False,
+              limit: Annotated[int, typer.Option("--limit", "-n")] = 20) -> None:
+    """Recent runs of the configured experiment."""
+    from ragconf.tracking import list_runs
+
+    rag = _app(config_dir, overrides)
+    rows = list_runs(_tracking_cfg(rag), max_results=limit)
+    if as_json:
+        _emit(rows)
+        return
+    for r in rows:
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted((r.get("metrics") or {}).items())[:4])
+        typer.echo(f"{r['run_id']}  {r.get('kind', ''):7} {r.get('start_time', '')}  {metrics}")
+
+
+@runs_app.command("compare")
+@handle_errors
+def runs_compare(run_a: str, run_b: str, overrides: Overrides = None, config_dir: ConfigDir = None,
+                 as_json: JsonFlag = False) -> None:
+    """Config diff (dotted keys), model/policy/index changes and metric deltas of two runs."""
+    from ragconf.tracking import compare_runs, format_comparison
+
+    rag = _app(config_dir, overrides)
+    cmp = compare_runs(_tracking_cfg(rag), run_a, run_b)
+    if as_json:
+        _emit(cmp)
+    else:
+        typer.echo(format_comparison(cmp))
+
+
+@runs_app.command("reproduce")
+@handle_errors
+def runs_reproduce(run_id: str, overrides: Overrides = None, config_dir: ConfigDir = None,
+                   as_json: JsonFlag = False) -> None:
+    """Re-run an eval run with its exact logged config and report whether the metrics match."""
+    from ragconf.experiment import reproduce
+
+    rag = _app(config_dir, overrides)
+    report = reproduce(rag, run_id)
+    if as_json:
+        _emit(report)
+    else:
+        typer.echo(f"reproduced {run_id} as {report['new_run_id']}: "
+                   + ("metrics match" if report["match"] else "METRICS DIFFER"))
+        for k, (a, b) in sorted(report["metrics"].items()):
+            typer.echo(f"  {k:20} {a:.6f} -> {b:.6f}" + ("" if a == b else "  *"))
+    if not report["match"]:
+        raise typer.Exit(1)
+
+
+def _tracking_cfg(rag: Any) -> dict[str, Any]:
+    cfg = rag.spec.tracking.model_dump()
+    cfg["workdir"] = str(rag.workdir)
+    return cfg
+
+
 def main() -> None:
     """Console-script entry point."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
