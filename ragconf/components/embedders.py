@@ -308,7 +308,6 @@ def _components() -> tuple[type, type]:
 
     from haystack import Document, component
 
-    @component
     class RagconfTextEmbedder:
         """Embeds a query. Input ``text: str``; output ``embedding: list[float]``."""
 
@@ -330,7 +329,6 @@ def _components() -> tuple[type, type]:
                                 "use RagconfDocumentEmbedder for documents")
             return {"embedding": self.embedder.embed([text])[0].tolist()}
 
-    @component
     class RagconfDocumentEmbedder:
         """Sets ``embedding`` on documents (``title\\ncontent`` when ``meta.title`` exists).
 
@@ -357,10 +355,14 @@ def _components() -> tuple[type, type]:
             out = [replace(d, embedding=v.tolist()) for d, v in zip(documents, vecs, strict=True)]
             return {"documents": out}
 
+    # This module uses postponed annotations; Haystack reads socket types from the run() signature, so
+    # give it real types before registering the classes as components.
+    RagconfTextEmbedder.run.__annotations__ = {"text": str, "return": dict[str, Any]}
+    RagconfDocumentEmbedder.run.__annotations__ = {"documents": list[Document], "return": dict[str, Any]}
     for cls in (RagconfTextEmbedder, RagconfDocumentEmbedder):
         cls.__module__ = __name__
         cls.__qualname__ = cls.__name__
-    return RagconfTextEmbedder, RagconfDocumentEmbedder
+    return component(RagconfTextEmbedder), component(RagconfDocumentEmbedder)
 
 
 _LAZY: dict[str, Any] = {}
