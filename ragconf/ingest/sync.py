@@ -1,0 +1,137 @@
+"""Incremental, idempotent ingestion: unchanged documents skipped, changed replaced, deleted removed,
+duplicates collapsed; committed in batches so an interrupted run loses nothing already written."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from ragconf.ingest.chunking import chunk_text
+from ragconf.ingest.sources import SourceDocument, SourceError, iter_source
+
+__all__ = ["IngestSummary", "ingest"]
+
+
+@dataclass
+class IngestSummary:
+    added: int = 0
+    updated: int = 0
+    deleted: int = 0
+    unchanged: int = 0
+    duplicates: int = 0
+    chunks_written: int = 0
+    documents_seen: int = 0
+    seconds: float = 0.0
+    embed_seconds: float = 0.0
+    errors: list[SourceError] = field(default_factory=list)
+
+
+def _chunks(doc: SourceDocument, corpus_spec: Any, corpus: str, now: str, duplicate_ids: list[str]) -> list[Any]:
+    from haystack import Document
+
+    ch = corpus_spec.chunking
+    pieces = chunk_text(doc.text, ch.strategy, ch.size, ch.overlap)
+    out = []
+    for pos, piece in enumerate(pieces):
+        chunk_hash = hashlib.sha256(piece.text.encode()).hexdigest()
+        cid = hashlib.sha256(f"{corpus}\x00{doc.doc_id}\x00{pos}\x00{chunk_hash}".encode()).hexdigest()
+        meta = {
+            **doc.meta,
+            "doc_id": doc.doc_id,
+            "source": doc.source,
+            "title": doc.title,
+            "position": pos,
+            "content_hash": doc.content_hash,
+            "chunk_hash": chunk_hash,
+            "ingested_at": now,
+            "corpus": corpus,
+            "format": doc.format,
+        }
+        if piece.section:
+            meta["section"] = piece.section
+        if duplicate_ids:
+            meta["duplicate_ids"] = duplicate_ids
+        out.append(Document(id=cid, content=piece.text, meta=meta))
+    return out
+
+
+def ingest(
+    corpus_spec: Any,
+    store: Any,
+    embed_fn: Callable[[list[str]], Any],
+    *,
+    corpus_name: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    batch_docs: int = 64,
+) -> IngestSummary:
+    """Sync the store with the corpus sources. Deletions happen only after an error-free full scan."""
+    start = time.perf_counter()
+    corpus = corpus_name or corpus_spec.name
+    summary = IngestSummary()
+    scan_errors: list[SourceError] = []
+    docs: dict[str, SourceDocument] = {}
+    by_hash: dict[str, str] = {}
+    dup_of: dict[str, list[str]] = {}
+    for source in corpus_spec.sources:
+        for doc in iter_source(source, corpus_spec.access, scan_errors):
+            summary.documents_seen += 1
+            h = doc.content_hash
+            if h in by_hash or doc.doc_id in docs:
+                summary.duplicates += 1
+                dup_of.setdefault(by_hash.get(h, doc.doc_id), []).append(doc.doc_id)
+                continue
+            by_hash[h] = doc.doc_id
+            docs[doc.doc_id] = doc
+    summary.errors = scan_errors
+    stored = store.doc_hashes(corpus)
+    todo = []
+    for doc_id, doc in docs.items():
+        h = doc.content_hash
+        if dup_of.get(doc_id):
+            h = hashlib.sha256((h + "|" + ",".join(sorted(dup_of[doc_id]))).encode()).hexdigest()
+        old = stored.get(doc_id)
+        if old == h:
+            summary.unchanged += 1
+        else:
+            todo.append((doc, h, old is not None))
+    total = len(todo)
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    if progress:
+        progress(0, total)
+    for i in range(0, total, batch_docs):
+        batch = todo[i : i + batch_docs]
+        items = []
+        texts: list[str] = []
+        for doc, h, _ in batch:
+            chunks = _chunks(doc, corpus_spec, corpus, now, sorted(dup_of.get(doc.doc_id, [])))
+            for c in chunks:
+                c.meta["content_hash"] = h
+            items.append((doc.doc_id, h, chunks))
+            texts.extend((f"{c.meta['title']}\n" if c.meta.get("title") else "") + (c.content or "") for c in chunks)
+        t0 = time.perf_counter()
+        vectors = embed_fn(texts) if texts else []
+        summary.embed_seconds += time.perf_counter() - t0
+        k = 0
+        for _, _, chunks in items:
+            for c in chunks:
+                c.embedding = [float(x) for x in vectors[k]]
+                k += 1
+        store.replace_docs(corpus, items)  # one transaction per batch
+        for (_, _, existed), (_, _, chunks) in zip(batch, items, strict=True):
+            summary.chunks_written += len(chunks)
+            if existed:
+                summary.updated += 1
+            else:
+                summary.added += 1
+        if progress:
+            progress(min(i + batch_docs, total), total)
+    if not scan_errors:
+        gone = [d for d in stored if d not in docs]
+        if gone:
+            summary.deleted = store.delete_docs(corpus, gone)
+    summary.seconds = time.perf_counter() - start
+    return summary
