@@ -1,3 +1,8 @@
-"""Haystack components shipped with ragconf (embedders, generators, citation parsing)."""
+"""Haystack components for ragconf: embedders, generators and citation parsing.
 
-__all__: list[str] = []
+Submodules are imported lazily (``ragconf.components.embedders`` etc.), so importing this package is cheap.
+"""
+
+from __future__ import annotations
+
+__all__ = ["citations", "embedders", "generators"]
