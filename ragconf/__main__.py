@@ -1,0 +1,5 @@
+"""`python -m ragconf` runs the CLI."""
+
+from ragconf.cli import main
+
+main()

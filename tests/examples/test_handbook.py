@@ -1,0 +1,91 @@
+"""The handbook example, end to end through the real CLI: ingest, ask as each persona, JSON output, export,
+validate, incremental re-ingest and the evaluation gates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.conftest import run_cli
+
+CANARIES = {"KESTREL-4412": "sre", "ZEBRA-7731": "hr", "OSPREY-9058": "hr-investigations", "HERON-2290": "globex"}
+
+
+def ask(work: Path, question: str, user: str, *extra: str) -> dict:
+    proc = run_cli("ask", question, "--user", user, "--json", *extra, cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_ingest_is_idempotent(handbook_dir: Path) -> None:
+    proc = run_cli("ingest", "--json", cwd=handbook_dir, check=True)
+    data = json.loads(proc.stdout)
+    assert data["added"] == 0 and data["updated"] == 0 and data["deleted"] == 0
+    assert data["unchanged"] == 11
+
+
+def test_sre_gets_cited_answer_from_the_runbook(handbook_dir: Path) -> None:
+    out = ask(handbook_dir, "When should we fail over the primary database?", "alice")
+    assert out["citations"], out
+    cited = {c["doc_id"] for c in out["citations"]}
+    assert "engineering/database-failover.md" in cited
+    assert "replication lag" in out["answer"]
+    for c in out["citations"]:
+        assert f"[{c['n']}]" in out["answer"]
+        assert c["chunk_id"] and c["source"]
+    assert set(out["documents"][0]) >= {"doc_id", "chunk_id", "score", "meta"}
+    assert out["decision_ids"]["access.filter"]
+
+
+def test_contractor_never_sees_confidential_runbook(handbook_dir: Path) -> None:
+    out = ask(handbook_dir, "When should we fail over the primary database? failover token", "carol")
+    docs = {d["doc_id"] for d in out["documents"]}
+    assert "engineering/database-failover.md" not in docs
+    assert "KESTREL-4412" not in json.dumps(out)
+    for d in out["documents"]:
+        assert d["meta"].get("classification", "public") == "public"
+
+
+def test_canary_tokens_only_reach_authorised_users(handbook_dir: Path) -> None:
+    questions = {
+        "KESTREL-4412": "What is the failover token?",
+        "ZEBRA-7731": "What is the compensation review code name for the salary bands?",
+        "OSPREY-9058": "What is the code word for the expense fraud investigation case?",
+        "HERON-2290": "What is the Globex welcome code?",
+    }
+    allowed = {"KESTREL-4412": {"alice"}, "ZEBRA-7731": {"bob"}, "OSPREY-9058": set(), "HERON-2290": {"gina"}}
+    for token, question in questions.items():
+        for user in ("alice", "bob", "carol", "gina"):
+            blob = json.dumps(ask(handbook_dir, question, user))
+            if user not in allowed[token]:
+                assert token not in blob, (token, user)
+
+
+def test_unknown_user_is_a_clear_error(handbook_dir: Path) -> None:
+    proc = run_cli("ask", "hello", "--user", "alise", cwd=handbook_dir)
+    assert proc.returncode == 2
+    assert "did you mean 'alice'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_validate_and_export(handbook_dir: Path) -> None:
+    proc = run_cli("validate", "--json", cwd=handbook_dir, check=True)
+    data = json.loads(proc.stdout)
+    assert data["valid"] and data["pipeline"] == "hybrid" and "alice" in data["users"]
+    proc = run_cli("export", cwd=handbook_dir, check=True)
+    assert "StoreBM25Retriever" in proc.stdout and "access_guard" in proc.stdout
+    assert "DocumentJoiner" in proc.stdout
+
+
+def test_config_mistakes_exit_2_without_traceback(handbook_dir: Path) -> None:
+    for args, needle in [
+        (["validate", "pipeline=hybird"], "did you mean 'hybrid'"),
+        (["validate", "pipeline.components.bm25.params.topk=3"], "did you mean 'top_k'"),
+        (["validate", "pipeline.components.bm25.type=bm25"], "pipeline.components.bm25.type"),
+        (["validate", "embedder.batch_size=lots"], "embedder.batch_size"),
+        (["validate", "pipeline.connections.0.receiver=fuse.docs"], "pipeline.connections[0].receiver"),
+    ]:
+        proc = run_cli(*args, cwd=handbook_dir)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert needle in proc.stderr, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
