@@ -297,7 +297,9 @@ def get_embedder(model: str = "minilm-int8", batch_size: int = 32, max_length: i
 def _doc_text(doc: Document, embed_title: bool) -> str:
     content = doc.content or ""
     title = (doc.meta or {}).get("title") if embed_title else None
-    if title and str(title).strip() and not content.startswith(str(title)):
+    title = str(title).strip() if title else ""
+    first_line = content.lstrip().split("\n", 1)[0].lstrip("#").strip()
+    if title and first_line != title:  # don't repeat a title the chunk already starts with
         return f"{title}\n{content}"
     return content
 
