@@ -64,9 +64,10 @@ please explain describe give find show list me much many
 _STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)?", re.UNICODE)
 # A sentence ends at . ! ? (optionally followed by closing quotes/brackets) before whitespace and an
-# upper-case letter, digit or opening quote/bracket; line breaks always end a sentence.
-_SENT_END = re.compile(r"(?<=[.!?])[\"'”’)\]]*\s+(?=[\"'“‘(\[]?[A-Z0-9])|\n\s*")
-_LEADING_MARKUP = re.compile(r"^(?:#{1,6}\s+|[-*+•]\s+|\d{1,3}[.)]\s+|>\s*)+")
+# upper-case letter, digit or opening quote/bracket.
+_SENT_END = re.compile(r"(?<=[.!?])[\"'”’)\]]*\s+(?=[\"'“‘(\[]?[A-Z0-9])")
+_LIST_ITEM = re.compile(r"^(?:[-*+•]\s+|\d{1,3}[.)]\s+|>\s*)+")
+_FRONT_MATTER = re.compile(r"\A\s*---[ \t]*\n.*?\n---[ \t]*(?:\n|\Z)", re.DOTALL)
 _MIN_WORDS = 4
 
 
@@ -83,20 +84,49 @@ def _terms(text: str, stem: Any) -> list[str]:
     return [stem(w) for w in (m.group(0).lower() for m in _WORD.finditer(text)) if w not in _STOPWORDS]
 
 
+def _segments(text: str) -> list[str]:
+    """Paragraphs / list items of ``text``, soft line wraps joined; headings and front matter dropped."""
+    text = _FRONT_MATTER.sub("", text, count=1)
+    segments: list[str] = []
+    current: list[str] = []
+
+    def flush() -> None:
+        if current:
+            segments.append(" ".join(current))
+            current.clear()
+
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or set(line) <= set("-=*_|: "):  # blank, heading, rule
+            flush()
+            continue
+        item = _LIST_ITEM.match(line)
+        if item or line.startswith("|"):  # a list item / table row starts a new segment
+            flush()
+            line = line[item.end():].strip() if item else line.strip("| ")
+        current.append(line)
+    flush()
+    return segments
+
+
 def split_sentences(text: str) -> list[str]:
-    """Sentences of ``text``, each a verbatim substring of it (leading list/heading markup dropped)."""
+    """Sentences of ``text``, verbatim except that whitespace runs (line wraps) become one space.
+
+    Paragraphs, list items and table rows are split separately; headings, horizontal rules and YAML front
+    matter are skipped; list markers are dropped.
+    """
     out: list[str] = []
-    start = 0
-    for m in [*_SENT_END.finditer(text), None]:
-        end = m.start() if m is not None else len(text)
-        if m is not None and text[m.start():m.end()].strip():  # keep closing quotes/brackets
-            end = m.start() + len(text[m.start():m.end()].rstrip())
-        piece = text[start:end].strip()
-        piece = _LEADING_MARKUP.sub("", piece).strip()
-        if piece:
-            out.append(piece)
-        if m is not None:
-            start = m.end()
+    for seg in _segments(text):
+        seg = " ".join(seg.split())
+        start = 0
+        for m in [*_SENT_END.finditer(seg), None]:
+            # keep closing quotes/brackets with the sentence they close
+            end = len(seg) if m is None else m.start() + len(seg[m.start():m.end()].rstrip())
+            piece = seg[start:end].strip()
+            if piece:
+                out.append(piece)
+            if m is not None:
+                start = m.end()
     return out
 
 
@@ -105,16 +135,20 @@ class ExtractiveAnswerComposer:
     """Offline answer: the passage sentences that best match the question, each cited as ``[n]``.
 
     Sentences are scored by IDF-weighted coverage of the question's (stemmed, non-stop-word) terms, with
-    a mild preference for higher-ranked documents; near-duplicates are skipped. Sentences are copied
-    verbatim, never rewritten. Deterministic. Inputs ``query: str``, ``documents: list[Document]``;
-    outputs ``replies: list[str]`` (one answer) and ``meta: list[dict]``.
+    a mild preference for higher-ranked documents (``score = coverage / (1 + rank_decay * rank)``). A
+    sentence needs ``coverage >= min_score`` and ``score >= min_relative * best score``; near-duplicates
+    are skipped. Sentences are copied
+    verbatim (line wraps become spaces), never rewritten. Deterministic. Inputs ``query: str``,
+    ``documents: list[Document]``; outputs ``replies: list[str]`` (one answer) and ``meta: list[dict]``.
     """
 
-    def __init__(self, max_sentences: int = 3, min_score: float = 0.2, rank_decay: float = 0.1) -> None:
+    def __init__(self, max_sentences: int = 3, min_score: float = 0.2, min_relative: float = 0.5,
+                 rank_decay: float = 0.1) -> None:
         if max_sentences < 1:
             raise SpecError("max_sentences must be >= 1", got=max_sentences)
         self.max_sentences = max_sentences
         self.min_score = min_score
+        self.min_relative = min_relative
         self.rank_decay = rank_decay
 
     @component.output_types(replies=list[str], meta=list[dict[str, Any]])
@@ -128,7 +162,7 @@ class ExtractiveAnswerComposer:
                 continue
             for j, sent in enumerate(split_sentences(doc.content)):
                 terms = _terms(sent, stem)
-                if len(_WORD.findall(sent)) >= _MIN_WORDS and terms:
+                if len(_WORD.findall(sent)) >= _MIN_WORDS and terms and not sent.endswith("?"):
                     candidates.append((i, j, sent, terms))
         scored = []
         if q_terms and candidates:
@@ -152,7 +186,7 @@ class ExtractiveAnswerComposer:
         scored.sort(key=lambda s: (-s[0], s[2], s[3]))
         chosen: list[tuple[float, float, int, int, str, set[str]]] = []
         for cand in scored:
-            if len(chosen) >= limit:
+            if len(chosen) >= limit or cand[0] < self.min_relative * scored[0][0]:
                 break
             norm = " ".join(cand[4].lower().split())
             if any(norm == " ".join(c[4].lower().split()) or _jaccard(cand[5], c[5]) >= 0.8 for c in chosen):
