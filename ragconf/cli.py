@@ -342,7 +342,7 @@ def policy_test(overrides: Overrides = None, config_dir: ConfigDir = None,
     from ragconf.policy import load_engine, run_policy_tests
 
     spec = _load(config_dir, overrides).spec
-    report = run_policy_tests(Path(spec.policy.bundle), load_engine(spec.policy.model_dump()))
+    report = run_policy_tests(Path(spec.policy.bundle), load_engine(spec.policy.model_dump(), tests=True))
     for item in report.results:
         if verbose or not item.passed:
             typer.echo(f"{'PASS' if item.passed else 'FAIL'} {item.name}" + (f": {item.error}" if item.error else ""))

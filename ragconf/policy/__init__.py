@@ -1,0 +1,44 @@
+"""Policy as code: OPA Rego engines, the decision service, audit log, tests and PII redaction."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ragconf.policy.audit import AuditLog
+from ragconf.policy.engine import OpaServerEngine, PolicyEngine, RegoEngine, bundle_revision, load_engine
+from ragconf.policy.service import (
+    DocsDecision,
+    FilterDecision,
+    OutputDecision,
+    PolicyService,
+    RouteDecision,
+)
+from ragconf.policy.testing import PolicyTestReport, run_policy_tests
+
+__all__ = [
+    "AuditLog",
+    "DocsDecision",
+    "FilterDecision",
+    "OpaServerEngine",
+    "OutputDecision",
+    "PolicyEngine",
+    "PolicyService",
+    "PolicyTestReport",
+    "RegoEngine",
+    "RouteDecision",
+    "build_policy_service",
+    "bundle_revision",
+    "load_engine",
+    "run_policy_tests",
+]
+
+
+def build_policy_service(cfg: Mapping[str, Any], *, workdir: Path) -> PolicyService:
+    """The PolicyService the `policy` config describes (engine, bundle, audit sink)."""
+    audit_cfg = cfg.get("audit") or {}
+    path = None
+    if audit_cfg.get("sink", "file") == "file":
+        path = audit_cfg.get("path") or str(Path(workdir) / "audit.jsonl")
+    return PolicyService(load_engine(cfg), AuditLog(path), cfg.get("bundle"))
