@@ -91,9 +91,9 @@ def _read_markdown(path: Path) -> tuple[str, str, dict[str, Any]]:
 
 
 def _read_html(path: Path) -> tuple[str, str, dict[str, Any]]:
-    from selectolax.parser import HTMLParser
+    from selectolax.lexbor import LexborHTMLParser
 
-    tree = HTMLParser(path.read_text(encoding="utf-8", errors="replace"))
+    tree = LexborHTMLParser(path.read_text(encoding="utf-8", errors="replace"))
     meta: dict[str, Any] = {}
     for node in tree.css("meta[name]"):
         name, content = node.attributes.get("name"), node.attributes.get("content")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -109,17 +109,19 @@ def ingest(
         for doc, h, _ in batch:
             chunks = _chunks(doc, corpus_spec, corpus, now, sorted(dup_of.get(doc.doc_id, [])))
             for c in chunks:
-                c.meta["content_hash"] = h
+                c.meta["content_hash"] = h  # the chunk was just built here; nothing else holds it
             items.append((doc.doc_id, h, chunks))
             texts.extend((f"{c.meta['title']}\n" if c.meta.get("title") else "") + (c.content or "") for c in chunks)
         t0 = time.perf_counter()
         vectors = embed_fn(texts) if texts else []
         summary.embed_seconds += time.perf_counter() - t0
         k = 0
-        for _, _, chunks in items:
+        for j, (doc_id, h, chunks) in enumerate(items):
+            embedded = []
             for c in chunks:
-                c.embedding = [float(x) for x in vectors[k]]
+                embedded.append(replace(c, embedding=[float(x) for x in vectors[k]]))
                 k += 1
+            items[j] = (doc_id, h, embedded)
         store.replace_docs(corpus, items)  # one transaction per batch
         for (_, _, existed), (_, _, chunks) in zip(batch, items, strict=True):
             summary.chunks_written += len(chunks)
