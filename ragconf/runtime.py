@@ -17,6 +17,8 @@ from ragconf.types import Principal
 __all__ = ["Answer", "RagApp"]
 
 REFUSAL = "I cannot answer this request: {reason}"
+NO_ANSWER = "I could not find an answer in the documents you can access."
+NO_CITED_ANSWER = "No answer with citations could be produced from the documents you can access."
 
 
 @dataclass
@@ -188,8 +190,8 @@ class RagApp:
         text = _reply_text(replies)
         citations = extract_citations(text, passages)
         redacted: list[str] = []
-        if out_rules.require_citations and passages and not citations:
-            text = "No answer with citations could be produced from the documents you can access."
+        if out_rules.require_citations and not citations and text.strip() != NO_ANSWER:
+            text = NO_CITED_ANSWER
         if out_rules.redact_pii:
             from ragconf.policy.redact import redact
 
