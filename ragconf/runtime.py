@@ -17,7 +17,6 @@ from ragconf.types import Principal
 __all__ = ["Answer", "RagApp"]
 
 REFUSAL = "I cannot answer this request: {reason}"
-NO_ANSWER = "I could not find an answer in the documents you can access."
 NO_CITED_ANSWER = "No answer with citations could be produced from the documents you can access."
 
 
@@ -169,6 +168,7 @@ class RagApp:
     def ask(self, question: str, user: str | None) -> Answer:
         """Answer ``question`` for ``user`` with numbered citations, enforcing every policy decision."""
         from ragconf.components.citations import extract_citations
+        from ragconf.components.generators import NO_ANSWER
 
         start = time.perf_counter()
         principal = self.principal(user)
