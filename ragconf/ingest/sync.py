@@ -73,21 +73,28 @@ def ingest(
     corpus = corpus_name or corpus_spec.name
     summary = IngestSummary()
     scan_errors: list[SourceError] = []
-    docs: dict[str, SourceDocument] = {}
-    by_hash: dict[str, str] = {}
-    dup_of: dict[str, list[str]] = {}
+    groups: dict[str, list[SourceDocument]] = {}
+    seen_ids: set[str] = set()
     for source in corpus_spec.sources:
         for doc in iter_source(source, corpus_spec.access, scan_errors):
             summary.documents_seen += 1
-            h = doc.content_hash
-            if h in by_hash or doc.doc_id in docs:
+            if doc.doc_id in seen_ids:  # the same id twice (e.g. two sources): keep the first
                 summary.duplicates += 1
-                dup_of.setdefault(by_hash.get(h, doc.doc_id), []).append(doc.doc_id)
                 continue
-            by_hash[h] = doc.doc_id
-            docs[doc.doc_id] = doc
-    summary.errors = scan_errors
+            seen_ids.add(doc.doc_id)
+            groups.setdefault(doc.content_hash, []).append(doc)
     stored = store.doc_hashes(corpus)
+    docs: dict[str, SourceDocument] = {}
+    dup_of: dict[str, list[str]] = {}
+    for group in groups.values():
+        # identical documents collapse onto one: the one already stored, else the first seen
+        keep = next((d for d in group if d.doc_id in stored), group[0])
+        docs[keep.doc_id] = keep
+        others = sorted(d.doc_id for d in group if d is not keep)
+        if others:
+            dup_of[keep.doc_id] = others
+            summary.duplicates += len(others)
+    summary.errors = scan_errors
     todo = []
     for doc_id, doc in docs.items():
         h = doc.content_hash
