@@ -124,6 +124,13 @@ def _explain_hydra_error(exc: Exception, overrides: list[str], dirs: list[Path])
         parts = tuple(key.split("."))
         model = _model_at(parts)
         valid = list(model.model_fields) if model is not None else None
+        if valid and parts[-1] in valid:
+            return SpecError(
+                f"'{key}' is a valid key but this config does not set it",
+                key=key,
+                source=f"command-line override starting with '{key}='",
+                hint=f"add it with '+{key}=VALUE'",
+            )
         return SpecError(
             f"no such key '{key}'" + (f" (unknown key '{missing.group(1)}')" if missing else ""),
             key=key,
