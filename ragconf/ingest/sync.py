@@ -45,6 +45,7 @@ def _chunks(doc: SourceDocument, corpus_spec: Any, corpus: str, now: str, duplic
             "source": doc.source,
             "title": doc.title,
             "position": pos,
+            "chunks_total": len(pieces),
             "content_hash": doc.content_hash,
             "chunk_hash": chunk_hash,
             "ingested_at": now,
