@@ -79,6 +79,7 @@ class SQLiteChunkStore:
         self._version: int | None = None
         self._writes = 0
         self._masks: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._allowed_cache: OrderedDict[str, frozenset[int]] = OrderedDict()
         self._mask_cache = mask_cache
 
     # ----- bookkeeping ---------------------------------------------------------------------------------
@@ -102,6 +103,7 @@ class SQLiteChunkStore:
             self._matrix = None
             self._rowids = None
             self._masks.clear()
+            self._allowed_cache.clear()
             self._version = state
 
     def _tx(self) -> Any:
@@ -236,18 +238,59 @@ class SQLiteChunkStore:
         if not terms or top_k <= 0:
             return []
         match = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
-        where, params = self._where(filters)
-        sql = (
-            "SELECT c.rowid, c.id, c.doc_id, c.content, c.meta, c.embedding, bm25(fts) AS s "
-            "FROM fts JOIN chunks c ON c.rowid = fts.rowid "
-            f"WHERE fts MATCH ? AND {where} ORDER BY s LIMIT ?"
-        )
         with self._lock:
+            self._fresh()
             try:
-                rows = self._db.execute(sql, [match, *params, top_k]).fetchall()
+                if not filters:
+                    ranked = self._db.execute(
+                        "SELECT rowid, rank FROM fts WHERE fts MATCH ? ORDER BY rank LIMIT ?", (match, top_k)
+                    ).fetchall()
+                else:
+                    ranked = self._bm25_filtered(match, filters, top_k)
             except sqlite3.Error as exc:
                 raise StoreError(f"BM25 query failed: {exc}") from None
-        return [self._row_to_doc(r[:6], score=-float(r[6]), with_embedding=False) for r in rows]
+            rows = self._rows_by_rowid([r[0] for r in ranked])
+        return [self._row_to_doc(rows[rid], score=-float(rank), with_embedding=False)
+                for rid, rank in ranked if rid in rows]
+
+    def _bm25_filtered(self, match: str, filters: dict[str, Any], top_k: int) -> list[tuple[int, float]]:
+        """Exact filtered top-k: the allowed rows among the global top-N are the filtered top-k when there are
+        k of them; otherwise the filter runs inside the SQL query over every match."""
+        allowed = self._allowed(filters)
+        n = max(4 * top_k, 50)
+        ranked = self._db.execute("SELECT rowid, rank FROM fts WHERE fts MATCH ? ORDER BY rank LIMIT ?",
+                                  (match, n)).fetchall()
+        hits = [r for r in ranked if r[0] in allowed]
+        if len(hits) >= top_k or len(ranked) < n:
+            return hits[:top_k]
+        where, params = self._where(filters)
+        return self._db.execute(
+            "SELECT fts.rowid, fts.rank FROM fts JOIN chunks c ON c.rowid = fts.rowid "
+            f"WHERE fts MATCH ? AND {where} ORDER BY fts.rank LIMIT ?", [match, *params, top_k]).fetchall()
+
+    def _rows_by_rowid(self, rowids: list[int]) -> dict[int, tuple[Any, ...]]:
+        if not rowids:
+            return {}
+        return {r[0]: r for r in self._db.execute(
+            f"SELECT rowid, id, doc_id, content, meta, NULL FROM chunks WHERE rowid IN ({','.join('?' * len(rowids))})",
+            rowids)}
+
+    def _allowed(self, filters: dict[str, Any]) -> frozenset[int]:
+        """Row ids passing ``filters``, cached until the next write (a principal's filter repeats)."""
+        key = json.dumps(filters, sort_keys=True, default=str)
+        cached = self._allowed_cache.get(key)
+        if cached is not None:
+            self._allowed_cache.move_to_end(key)
+            return cached
+        where, params = self._where(filters)
+        try:
+            allowed = frozenset(r[0] for r in self._db.execute(f"SELECT c.rowid FROM chunks c WHERE {where}", params))
+        except sqlite3.Error as exc:
+            raise StoreError(f"invalid filter: {exc}") from None
+        self._allowed_cache[key] = allowed
+        if len(self._allowed_cache) > self._mask_cache:
+            self._allowed_cache.popitem(last=False)
+        return allowed
 
     def _load_matrix(self) -> tuple[np.ndarray, np.ndarray]:
         self._fresh()
@@ -269,14 +312,8 @@ class SQLiteChunkStore:
         if cached is not None:
             self._masks.move_to_end(key)
             return cached
-        where, params = self._where(filters)
-        try:
-            allowed = np.fromiter(
-                (r[0] for r in self._db.execute(f"SELECT c.rowid FROM chunks c WHERE {where}", params)), dtype=np.int64
-            )
-        except sqlite3.Error as exc:
-            raise StoreError(f"invalid filter: {exc}") from None
-        mask = np.isin(rowids, allowed, assume_unique=True)
+        allowed = np.fromiter(self._allowed(filters), dtype=np.int64)
+        mask = np.isin(rowids, allowed)
         self._masks[key] = mask
         if len(self._masks) > self._mask_cache:
             self._masks.popitem(last=False)
@@ -305,13 +342,7 @@ class SQLiteChunkStore:
             top = top[np.argsort(-scores[top], kind="stable")]
             top = top[np.isfinite(scores[top])]
             chosen = [int(rowids[i]) for i in top]
-            by_id = {
-                r[0]: r
-                for r in self._db.execute(
-                    f"SELECT rowid, id, doc_id, content, meta, NULL FROM chunks WHERE rowid IN ({','.join('?' * len(chosen))})",
-                    chosen,
-                )
-            }
+            by_id = self._rows_by_rowid(chosen)
         return [self._row_to_doc(by_id[rid], score=float(scores[i]), with_embedding=False)
                 for rid, i in zip(chosen, top, strict=True) if rid in by_id]
 

@@ -181,3 +181,14 @@ def test_killed_writer_loses_nothing_committed(tmp_path: Path) -> None:
     assert s.count_documents() == len(hashes)
     assert s._db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     s.close()
+
+
+def test_filtered_bm25_finds_allowed_docs_ranked_below_the_fast_path(tmp_path: Path) -> None:
+    s = open_store({"type": "sqlite", "path": str(tmp_path / "deep.sqlite")}, embedding_dim=DIM)
+    items = [(f"d{i}", "h", [doc(f"d{i}", "failover " * 5 + "runbook", i, tenant="globex")]) for i in range(120)]
+    items.append(("rare", "h", [doc("rare", "failover and a great many other unrelated words " * 3, 999, tenant="acme")]))
+    s.replace_docs("c", items)
+    flt = {"field": "meta.tenant", "operator": "==", "value": "acme"}
+    assert "rare" not in [d.id for d in s.bm25_retrieval("failover", top_k=100)]
+    assert [d.id for d in s.bm25_retrieval("failover", filters=flt, top_k=5)] == ["rare"]
+    s.close()
