@@ -36,15 +36,24 @@ def main() -> None:
         docs = Path(tmp) / "docs"
         docs.mkdir()
         metas = make_corpus(docs, n=args.docs, seed=args.seed)
-        rag = RagApp.from_overrides(["corpus=files", f"corpus.path={docs}", "tracking=disabled",
-                                     f"project.workdir={tmp}/work", "policy.audit.sink=none", "identity=anonymous"])
+        rag = RagApp.from_overrides(
+            [
+                "corpus=files",
+                f"corpus.path={docs}",
+                "tracking=disabled",
+                f"project.workdir={tmp}/work",
+                "policy.audit.sink=none",
+                "identity=anonymous",
+            ]
+        )
         rag.ingest()
         vocab = [*WORDS, *(f"CANARY{i:03d}" for i in range(args.docs)), "secret", "token"]
         leaks = retrieved = 0
         t0 = time.perf_counter()
         for i in range(args.cases):
-            p = Principal(f"p{i}", tuple(rng.sample(GROUPS, rng.randint(0, 3))), rng.choice(TENANTS),
-                          rng.choice(CLASSIFICATIONS))
+            p = Principal(
+                f"p{i}", tuple(rng.sample(GROUPS, rng.randint(0, 3))), rng.choice(TENANTS), rng.choice(CLASSIFICATIONS)
+            )
             q = " ".join(rng.choice(vocab) for _ in range(rng.randint(1, 5)))
             if i % 2:
                 answer = rag.ask(q, p)
@@ -58,8 +67,10 @@ def main() -> None:
             retrieved += len(ids)
             leaks += sum(1 for d in ids if not visible(p.to_input(), metas[d]))
         secs = time.perf_counter() - t0
-        print(f"{args.cases} cases ({args.cases // 2} full asks, {args.cases - args.cases // 2} filter-only "
-              f"retrievals), {retrieved} documents returned, {leaks} leaks, {secs:.1f}s")
+        print(
+            f"{args.cases} cases ({args.cases // 2} full asks, {args.cases - args.cases // 2} filter-only "
+            f"retrievals), {retrieved} documents returned, {leaks} leaks, {secs:.1f}s"
+        )
         rag.close()
         if leaks:
             sys.exit(1)

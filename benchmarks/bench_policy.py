@@ -33,15 +33,20 @@ def main() -> None:
     def docs(unique: bool) -> list[Document]:
         out = []
         for i in range(100):
-            meta = {"tenant": rng.choice(["acme", "globex"]), "classification": rng.choice(CLASSIFICATIONS),
-                    "acl_groups": rng.sample(groups, 2)}
+            meta = {
+                "tenant": rng.choice(["acme", "globex"]),
+                "classification": rng.choice(CLASSIFICATIONS),
+                "acl_groups": rng.sample(groups, 2),
+            }
             if unique:
                 meta["acl_groups"] = [*meta["acl_groups"], f"g{i}"]
             out.append(Document(id=str(i), content="x", meta=meta))
         return out
 
-    profiles = [{"name": "openai", "locality": "remote", "provider": "openai", "region": "us"},
-                {"name": "extractive", "locality": "local"}]
+    profiles = [
+        {"name": "openai", "locality": "remote", "provider": "openai", "region": "us"},
+        {"name": "extractive", "locality": "local"},
+    ]
     # one ask: the filter, the guard's check of the fused top-10, routing and output rules
     total = []
     for _ in range(300):
@@ -52,8 +57,10 @@ def main() -> None:
         svc.route(p, {}, d.allowed, profiles)
         svc.output_rules(p, {}, d.allowed)
         total.append((time.perf_counter() - t0) * 1000)
-    print(f"all decisions of one ask (filter + guard on top-10 + routing + output): "
-          f"p50={statistics.median(total):.2f}ms p95={pct(total, .95):.2f}ms")
+    print(
+        f"all decisions of one ask (filter + guard on top-10 + routing + output): "
+        f"p50={statistics.median(total):.2f}ms p95={pct(total, 0.95):.2f}ms"
+    )
     for label, unique in (("shared access signatures", False), ("100 distinct signatures", True)):
         check = []
         for _ in range(200):
@@ -61,8 +68,10 @@ def main() -> None:
             t1 = time.perf_counter()
             svc.check_documents(p, cands, {"query": "q"})
             check.append((time.perf_counter() - t1) * 1000)
-        print(f"check of 100 candidates, {label}: p50={statistics.median(check):.2f}ms "
-              f"p95={pct(check, .95):.2f}ms ({statistics.median(check) * 10:.0f}us per document)")
+        print(
+            f"check of 100 candidates, {label}: p50={statistics.median(check):.2f}ms "
+            f"p95={pct(check, 0.95):.2f}ms ({statistics.median(check) * 10:.0f}us per document)"
+        )
 
 
 if __name__ == "__main__":

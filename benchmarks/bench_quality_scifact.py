@@ -26,15 +26,23 @@ def main() -> None:
     from ragconf.ingest.beir import load_qrels, load_queries
     from ragconf.runtime import RagApp
 
-    base = ["corpus=beir", f"corpus.path={args.data}", "identity=anonymous", "tracking=disabled",
-            f"project.workdir={args.workdir}", "policy.audit.sink=none"]
+    base = [
+        "corpus=beir",
+        f"corpus.path={args.data}",
+        "identity=anonymous",
+        "tracking=disabled",
+        f"project.workdir={args.workdir}",
+        "policy.audit.sink=none",
+    ]
     rag = RagApp.from_overrides(base)
     t0 = time.perf_counter()
     summary = rag.ingest(progress=None)
     secs = time.perf_counter() - t0
     if summary.chunks_written:
-        print(f"ingest: {summary.chunks_written} chunks in {secs:.1f}s = {summary.chunks_written / secs:.1f} chunks/s; "
-              f"embedding {summary.embed_seconds / secs:.0%} of the time")
+        print(
+            f"ingest: {summary.chunks_written} chunks in {secs:.1f}s = {summary.chunks_written / secs:.1f} chunks/s; "
+            f"embedding {summary.embed_seconds / secs:.0%} of the time"
+        )
     rag.close()
     queries = load_queries(Path(args.data) / "queries.jsonl")
     qrels = load_qrels(args.data, "test")
@@ -57,9 +65,11 @@ def main() -> None:
                     run.append(ir_measures.ScoredDoc(qid, did, float(len(docs) - rank)))
         scores = ir_measures.calc_aggregate([nDCG @ 10, R @ 100, RR @ 10], qrel_list, run)
         lat.sort()
-        print(f"{name:7} nDCG@10={scores[nDCG @ 10]:.4f} R@100={scores[R @ 100]:.4f} "
-              f"MRR@10={scores[RR @ 10]:.4f}  latency p50={lat[len(lat) // 2]:.1f}ms "
-              f"p95={lat[int(0.95 * (len(lat) - 1))]:.1f}ms (incl. query embedding)")
+        print(
+            f"{name:7} nDCG@10={scores[nDCG @ 10]:.4f} R@100={scores[R @ 100]:.4f} "
+            f"MRR@10={scores[RR @ 10]:.4f}  latency p50={lat[len(lat) // 2]:.1f}ms "
+            f"p95={lat[int(0.95 * (len(lat) - 1))]:.1f}ms (incl. query embedding)"
+        )
         rag.close()
 
 

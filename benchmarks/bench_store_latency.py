@@ -21,11 +21,20 @@ from ragconf.store.sqlite import SQLiteChunkStore
 
 DIM = 384
 VOCAB = [f"w{i}" for i in range(30_000)]
-FILTER = {"operator": "AND", "conditions": [
-    {"field": "meta.tenant", "operator": "in", "value": [None, "acme"]},
-    {"field": "meta.classification", "operator": "in", "value": [None, "public", "internal"]},
-    {"operator": "OR", "conditions": [{"field": "meta.acl_groups", "operator": "==", "value": None},
-                                      {"field": "meta.acl_groups", "operator": "in", "value": ["g1", "g2"]}]}]}
+FILTER = {
+    "operator": "AND",
+    "conditions": [
+        {"field": "meta.tenant", "operator": "in", "value": [None, "acme"]},
+        {"field": "meta.classification", "operator": "in", "value": [None, "public", "internal"]},
+        {
+            "operator": "OR",
+            "conditions": [
+                {"field": "meta.acl_groups", "operator": "==", "value": None},
+                {"field": "meta.acl_groups", "operator": "in", "value": ["g1", "g2"]},
+            ],
+        },
+    ],
+}
 
 
 def build(path: Path, n: int, rng: np.random.Generator) -> SQLiteChunkStore:
@@ -40,9 +49,12 @@ def build(path: Path, n: int, rng: np.random.Generator) -> SQLiteChunkStore:
         items = []
         for i in range(m):
             k = start + i
-            meta = {"doc_id": f"d{k}", "tenant": ["acme", "globex", None][k % 3],
-                    "classification": ["public", "internal", "confidential"][k % 3 if k % 7 else 0],
-                    "acl_groups": [f"g{k % 10}"]}
+            meta = {
+                "doc_id": f"d{k}",
+                "tenant": ["acme", "globex", None][k % 3],
+                "classification": ["public", "internal", "confidential"][k % 3 if k % 7 else 0],
+                "acl_groups": [f"g{k % 10}"],
+            }
             text = " ".join(VOCAB[j] for j in words[i])
             items.append((f"d{k}", "h", [Document(id=f"c{k}", content=text, meta=meta, embedding=vecs[i].tolist())]))
         store.replace_docs("bench", items)
@@ -78,8 +90,10 @@ def main() -> None:
             measure(store, rng, FILTER, 5)
             for label, flt in (("no filter", None), ("access filter", FILTER)):
                 lat = measure(store, rng, flt)
-                print(f"{n:>9} chunks  {label:13}  p50={lat[len(lat) // 2]:6.1f}ms  "
-                      f"p95={lat[int(0.95 * (len(lat) - 1))]:6.1f}ms   (built in {build_s:.0f}s)")
+                print(
+                    f"{n:>9} chunks  {label:13}  p50={lat[len(lat) // 2]:6.1f}ms  "
+                    f"p95={lat[int(0.95 * (len(lat) - 1))]:6.1f}ms   (built in {build_s:.0f}s)"
+                )
             store.close()
 
 

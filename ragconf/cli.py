@@ -32,7 +32,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 ConfigDir = Annotated[
     Path | None,
-    typer.Option("--config-dir", "-c", help="Your config folder (config.yaml + groups); built-ins stay on the search path."),
+    typer.Option(
+        "--config-dir", "-c", help="Your config folder (config.yaml + groups); built-ins stay on the search path."
+    ),
 ]
 Overrides = Annotated[list[str] | None, typer.Argument(help="Config overrides, Hydra syntax: key=value, group=option")]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
@@ -112,8 +114,14 @@ def _progress(enabled: bool) -> Any:
         return None, None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    prog = Progress(TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    transient=True, console=__import__("rich.console").console.Console(stderr=True))
+    prog = Progress(
+        TextColumn("ingest"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+        console=__import__("rich.console").console.Console(stderr=True),
+    )
     task = prog.add_task("ingest", total=None)
 
     def update(done: int, total: int) -> None:
@@ -213,7 +221,9 @@ def ask(
     if answer.citations:
         typer.echo("")
         for c in answer.citations:
-            typer.echo(f"[{c['n']}] {c.get('source') or c.get('doc_id')}  (doc {c['doc_id']}, chunk {c['chunk_id'][:12]})")
+            typer.echo(
+                f"[{c['n']}] {c.get('source') or c.get('doc_id')}  (doc {c['doc_id']}, chunk {c['chunk_id'][:12]})"
+            )
     if answer.refused:
         raise typer.Exit(3)
 
@@ -226,9 +236,16 @@ def _track_ask(rag: Any, answer: Any) -> str | None:
         with tracker.start_run("ask", config=rag.loaded.data, overrides=rag.loaded.overrides) as run:
             run.set_tags({f"decision.{k}": v for k, v in answer.decision_ids.items()})
             run.log_metrics({k: v for k, v in answer.timings_ms.items()})
-            run.log_dict({"question": answer.question, "user": answer.user,
-                          "documents": [d["chunk_id"] for d in answer.documents],
-                          "citations": answer.citations, "route": answer.route}, "ask.json")
+            run.log_dict(
+                {
+                    "question": answer.question,
+                    "user": answer.user,
+                    "documents": [d["chunk_id"] for d in answer.documents],
+                    "citations": answer.citations,
+                    "route": answer.route,
+                },
+                "ask.json",
+            )
             return str(run.run_id) if run.run_id else None
     except Exception as exc:  # tracking never loses the answer
         typer.secho(f"warning: tracking failed: {exc}", fg=typer.colors.YELLOW, err=True)
@@ -274,7 +291,9 @@ def components(as_json: JsonFlag = False) -> None:
 @handle_errors
 def eval_cmd(
     overrides: Overrides = None,
-    user: Annotated[str | None, typer.Option("--user", "-u", help="Evaluate as this user (default: eval.user).")] = None,
+    user: Annotated[
+        str | None, typer.Option("--user", "-u", help="Evaluate as this user (default: eval.user).")
+    ] = None,
     multirun: Annotated[bool, typer.Option("--multirun", "-m", help="Sweep: k=a,b,c runs each combination.")] = False,
     config_dir: ConfigDir = None,
     as_json: JsonFlag = False,
@@ -296,8 +315,9 @@ def eval_cmd(
                 tracker = _tracker(rag)
                 if parent is not None:
                     tracker.parent_run_id = parent.run_id
-                result = run_eval(rag, user=user, tracker=tracker,
-                                  progress=None if as_json else _plain_progress_queries)
+                result = run_eval(
+                    rag, user=user, tracker=tracker, progress=None if as_json else _plain_progress_queries
+                )
             finally:
                 rag.close()
             results.append((combo, result))
@@ -336,8 +356,11 @@ def _print_eval(r: Any) -> None:
 
 @policy_app.command("test")
 @handle_errors
-def policy_test(overrides: Overrides = None, config_dir: ConfigDir = None,
-                verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
+def policy_test(
+    overrides: Overrides = None,
+    config_dir: ConfigDir = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
     """Run every *_test.rego of the bundle through the configured engine."""
     from ragconf.policy import load_engine, run_policy_tests
 
@@ -383,8 +406,12 @@ def policy_eval(
 
 @runs_app.command("list")
 @handle_errors
-def runs_list(overrides: Overrides = None, config_dir: ConfigDir = None, as_json: JsonFlag = False,
-              limit: Annotated[int, typer.Option("--limit", "-n")] = 20) -> None:
+def runs_list(
+    overrides: Overrides = None,
+    config_dir: ConfigDir = None,
+    as_json: JsonFlag = False,
+    limit: Annotated[int, typer.Option("--limit", "-n")] = 20,
+) -> None:
     """Recent runs of the configured experiment."""
     from ragconf.tracking import list_runs
 
@@ -400,8 +427,9 @@ def runs_list(overrides: Overrides = None, config_dir: ConfigDir = None, as_json
 
 @runs_app.command("compare")
 @handle_errors
-def runs_compare(run_a: str, run_b: str, overrides: Overrides = None, config_dir: ConfigDir = None,
-                 as_json: JsonFlag = False) -> None:
+def runs_compare(
+    run_a: str, run_b: str, overrides: Overrides = None, config_dir: ConfigDir = None, as_json: JsonFlag = False
+) -> None:
     """Config diff (dotted keys), model/policy/index changes and metric deltas of two runs."""
     from ragconf.tracking import compare_runs, format_comparison
 
@@ -415,8 +443,9 @@ def runs_compare(run_a: str, run_b: str, overrides: Overrides = None, config_dir
 
 @runs_app.command("reproduce")
 @handle_errors
-def runs_reproduce(run_id: str, overrides: Overrides = None, config_dir: ConfigDir = None,
-                   as_json: JsonFlag = False) -> None:
+def runs_reproduce(
+    run_id: str, overrides: Overrides = None, config_dir: ConfigDir = None, as_json: JsonFlag = False
+) -> None:
     """Re-run an eval run with its exact logged config and report whether the metrics match."""
     from ragconf.experiment import reproduce
 
@@ -425,8 +454,10 @@ def runs_reproduce(run_id: str, overrides: Overrides = None, config_dir: ConfigD
     if as_json:
         _emit(report)
     else:
-        typer.echo(f"reproduced {run_id} as {report['new_run_id']}: "
-                   + ("metrics match" if report["match"] else "METRICS DIFFER"))
+        typer.echo(
+            f"reproduced {run_id} as {report['new_run_id']}: "
+            + ("metrics match" if report["match"] else "METRICS DIFFER")
+        )
         for k, (a, b) in sorted(report["metrics"].items()):
             typer.echo(f"  {k:20} {a:.6f} -> {b:.6f}" + ("" if a == b else "  *"))
     if not report["match"]:

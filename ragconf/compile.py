@@ -56,11 +56,11 @@ class BuiltStage:
 
 
 def input_sockets(instance: Any) -> dict[str, Any]:
-    return dict(getattr(instance, "__haystack_input__")._sockets_dict)
+    return dict(instance.__haystack_input__._sockets_dict)
 
 
 def output_sockets(instance: Any) -> dict[str, Any]:
-    return dict(getattr(instance, "__haystack_output__")._sockets_dict)
+    return dict(instance.__haystack_output__._sockets_dict)
 
 
 def _split_ref(ref: str, key: str, source: str, components: dict[str, Any]) -> tuple[str, str]:
@@ -133,8 +133,9 @@ def _check_param_types(cls: Any, params: dict[str, Any], key: str, source: str, 
             adapter.validate_python(value)
         except ValidationError as exc:
             msg = exc.errors()[0]["msg"] if exc.errors() else str(exc)
-            raise CompileError(f"{msg} (got {value!r}) for parameter '{name}' of {alias}",
-                               key=f"{key}.params.{name}", source=source) from None
+            raise CompileError(
+                f"{msg} (got {value!r}) for parameter '{name}' of {alias}", key=f"{key}.params.{name}", source=source
+            ) from None
         except Exception:  # type not expressible for pydantic: skip
             continue
 
@@ -149,8 +150,11 @@ def build_stage(stage: StageSpec, prefix: str, ctx: BuildContext, *, guard: bool
     retrievers: list[str] = []
     for name, cspec in stage.components.items():
         if name == GUARD_NAME:
-            raise CompileError(f"'{GUARD_NAME}' is reserved for ragconf's access guard",
-                               key=f"{prefix}.components.{name}", source=ctx.source_of(prefix))
+            raise CompileError(
+                f"'{GUARD_NAME}' is reserved for ragconf's access guard",
+                key=f"{prefix}.components.{name}",
+                source=ctx.source_of(prefix),
+            )
         instance, kind = _instantiate(name, cspec, prefix, ctx)
         pipe.add_component(name, instance)
         instances[name] = instance
@@ -164,14 +168,19 @@ def build_stage(stage: StageSpec, prefix: str, ctx: BuildContext, *, guard: bool
         r_comp, r_sock = _split_ref(conn.receiver, f"{key}.receiver", source, instances)
         outs, ins = output_sockets(instances[s_comp]), input_sockets(instances[r_comp])
         if s_sock not in outs:
-            raise CompileError(f"'{s_comp}' has no output '{s_sock}'", key=f"{key}.sender", source=source,
-                               valid=outs, got=s_sock)
+            raise CompileError(
+                f"'{s_comp}' has no output '{s_sock}'", key=f"{key}.sender", source=source, valid=outs, got=s_sock
+            )
         if r_sock not in ins:
-            raise CompileError(f"'{r_comp}' has no input '{r_sock}'", key=f"{key}.receiver", source=source,
-                               valid=ins, got=r_sock)
+            raise CompileError(
+                f"'{r_comp}' has no input '{r_sock}'", key=f"{key}.receiver", source=source, valid=ins, got=r_sock
+            )
         if r_comp in retrievers and r_sock == "filters":
-            raise CompileError("retriever filters come from the access policy and cannot be connected",
-                               key=f"{key}.receiver", source=source)
+            raise CompileError(
+                "retriever filters come from the access policy and cannot be connected",
+                key=f"{key}.receiver",
+                source=source,
+            )
         try:
             pipe.connect(conn.sender, conn.receiver)
         except PipelineConnectError as exc:
@@ -183,20 +192,33 @@ def build_stage(stage: StageSpec, prefix: str, ctx: BuildContext, *, guard: bool
             key = f"{prefix}.inputs.{in_name}[{j}]"
             comp, sock = _split_ref(ref, key, ctx.source_of(key), instances)
             if sock not in input_sockets(instances[comp]):
-                raise CompileError(f"'{comp}' has no input '{sock}'", key=key, source=ctx.source_of(key),
-                                   valid=input_sockets(instances[comp]), got=sock)
+                raise CompileError(
+                    f"'{comp}' has no input '{sock}'",
+                    key=key,
+                    source=ctx.source_of(key),
+                    valid=input_sockets(instances[comp]),
+                    got=sock,
+                )
             inputs.setdefault(in_name, []).append((comp, sock))
 
     okey = f"{prefix}.output"
     out_comp, out_sock = _split_ref(stage.output, okey, ctx.source_of(okey), instances)
     if out_sock not in output_sockets(instances[out_comp]):
-        raise CompileError(f"'{out_comp}' has no output '{out_sock}'", key=okey, source=ctx.source_of(okey),
-                           valid=output_sockets(instances[out_comp]), got=out_sock)
+        raise CompileError(
+            f"'{out_comp}' has no output '{out_sock}'",
+            key=okey,
+            source=ctx.source_of(okey),
+            valid=output_sockets(instances[out_comp]),
+            got=out_sock,
+        )
 
     for name in retrievers:
         if "filters" not in input_sockets(instances[name]):
-            raise CompileError(f"retriever '{name}' cannot take an access filter (no 'filters' input)",
-                               key=f"{prefix}.components.{name}", source=ctx.source_of(prefix))
+            raise CompileError(
+                f"retriever '{name}' cannot take an access filter (no 'filters' input)",
+                key=f"{prefix}.components.{name}",
+                source=ctx.source_of(prefix),
+            )
     if guard:
         from ragconf.guard import AccessGuard
 
@@ -204,5 +226,3 @@ def build_stage(stage: StageSpec, prefix: str, ctx: BuildContext, *, guard: bool
         pipe.connect(f"{out_comp}.{out_sock}", f"{GUARD_NAME}.documents")
         out_comp, out_sock = GUARD_NAME, "documents"
     return BuiltStage(stage.name, pipe, inputs, (out_comp, out_sock), retrievers, guard)
-
-

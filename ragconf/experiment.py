@@ -43,8 +43,11 @@ def _dataset(path: str | None, split: str) -> tuple[dict[str, str], dict[str, di
     from ragconf.ingest.beir import load_qrels, load_queries
 
     if not path:
-        raise SpecError("no evaluation set configured", key="eval.path",
-                        hint="choose one: eval=beir eval.path=DIR, or eval=handbook")
+        raise SpecError(
+            "no evaluation set configured",
+            key="eval.path",
+            hint="choose one: eval=beir eval.path=DIR, or eval=handbook",
+        )
     root = Path(path)
     if not (root / "queries.jsonl").is_file():
         raise EvalError(f"'{root}' has no queries.jsonl (BEIR format: queries.jsonl + qrels/{split}.tsv)")
@@ -71,7 +74,7 @@ def _answers(root: Path, explicit: str | None) -> dict[str, str]:
             row = json.loads(line)
             out[str(row["_id"])] = str(row["answer"])
         except (ValueError, KeyError) as exc:
-            raise EvalError(f"{path}:{i}: expected {{\"_id\": ..., \"answer\": ...}} ({exc})") from None
+            raise EvalError(f'{path}:{i}: expected {{"_id": ..., "answer": ...}} ({exc})') from None
     return out
 
 
@@ -147,8 +150,9 @@ def run_eval(rag: Any, *, user: str | None = None, tracker: Any = None, progress
     metrics["p95_ms"] = lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))]
     metrics["queries"] = float(len(qids))
     metrics["judged_queries"] = float(len(visible_qrels))
-    metrics["embedding_calls"] = float(len(qids)) if any(
-        c.type == "text_embedder" for c in rag.spec.pipeline.components.values()) else 0.0
+    metrics["embedding_calls"] = (
+        float(len(qids)) if any(c.type == "text_embedder" for c in rag.spec.pipeline.components.values()) else 0.0
+    )
     if overlap_f1:
         metrics["answer_f1"] = sum(overlap_f1) / len(overlap_f1)
         metrics["citation_precision"] = sum(cite_prec) / len(cite_prec)

@@ -46,8 +46,13 @@ class Directory:
                     err = exc.errors()[0]
                     loc = ".".join(str(p) for p in err["loc"])
                     valid = list(UserSpec.model_fields) if err["type"] == "extra_forbidden" else None
-                    raise SpecError(err["msg"], key=f"{uid}.{loc}" if loc else str(uid), source=str(path),
-                                    valid=valid, got=err["loc"][-1] if err["loc"] else None) from None
+                    raise SpecError(
+                        err["msg"],
+                        key=f"{uid}.{loc}" if loc else str(uid),
+                        source=str(path),
+                        valid=valid,
+                        got=err["loc"][-1] if err["loc"] else None,
+                    ) from None
                 self.sources[str(uid)] = str(path)
 
     def ids(self) -> list[str]:
@@ -57,11 +62,22 @@ class Directory:
         """The principal for ``user_id`` (or ``identity.default_user``); unknown users are a SpecError."""
         uid = user_id or self.spec.default_user
         if not uid:
-            raise SpecError("no user given", key="--user", valid=self.ids(),
-                            hint="pass --user ID or set identity.default_user")
+            raise SpecError(
+                "no user given", key="--user", valid=self.ids(), hint="pass --user ID or set identity.default_user"
+            )
         user = self.users.get(uid)
         if user is None:
-            raise SpecError(f"unknown user '{uid}'", key="--user", source=self.spec.users_dir or "identity.users",
-                            valid=self.ids(), got=uid)
-        return Principal(id=uid, groups=tuple(user.groups), tenant=user.tenant, clearance=user.clearance,
-                         attributes=dict(user.attributes))
+            raise SpecError(
+                f"unknown user '{uid}'",
+                key="--user",
+                source=self.spec.users_dir or "identity.users",
+                valid=self.ids(),
+                got=uid,
+            )
+        return Principal(
+            id=uid,
+            groups=tuple(user.groups),
+            tenant=user.tenant,
+            clearance=user.clearance,
+            attributes=dict(user.attributes),
+        )

@@ -35,7 +35,9 @@ class ComponentEntry:
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
-            hint = f"pip install 'ragconf[{self.extra}]'" if self.extra else f"install the package providing {module_name}"
+            hint = (
+                f"pip install 'ragconf[{self.extra}]'" if self.extra else f"install the package providing {module_name}"
+            )
             raise RegistryError(
                 f"component '{self.alias}' needs a package that is not installed ({exc.name or exc})", hint=hint
             ) from None
@@ -59,28 +61,75 @@ class ComponentEntry:
 
 
 _BUILTINS: list[ComponentEntry] = [
-    ComponentEntry("bm25_retriever", "ragconf.store.components:StoreBM25Retriever", "retriever",
-                   "BM25 over the configured store (filters pushed down)"),
-    ComponentEntry("embedding_retriever", "ragconf.store.components:StoreEmbeddingRetriever", "retriever",
-                   "dense retrieval over the configured store (filters pushed down)"),
-    ComponentEntry("text_embedder", "ragconf.components.embedders:RagconfTextEmbedder", "text_embedder",
-                   "embeds the query with the configured embedder"),
-    ComponentEntry("rrf_joiner", "haystack.components.joiners:DocumentJoiner", "joiner",
-                   "reciprocal-rank fusion of several retrievers", {"join_mode": "reciprocal_rank_fusion"}),
-    ComponentEntry("joiner", "haystack.components.joiners:DocumentJoiner", "joiner",
-                   "concatenate / merge / distribution-based fusion of document lists"),
-    ComponentEntry("lost_in_the_middle", "haystack.components.rankers:LostInTheMiddleRanker", "ranker",
-                   "reorders documents so the best are at the edges of the prompt"),
-    ComponentEntry("meta_field_ranker", "haystack.components.rankers:MetaFieldRanker", "ranker",
-                   "reranks by a metadata field (e.g. recency)"),
-    ComponentEntry("prompt_builder", "haystack.components.builders:PromptBuilder", "builder",
-                   "Jinja2 prompt from the query and numbered documents", {"template": "@default_prompt"}),
-    ComponentEntry("extractive_answer", "ragconf.components.generators:ExtractiveAnswerComposer", "generator",
-                   "offline extractive answer with numbered citations (no model server)"),
-    ComponentEntry("openai", "ragconf.components.generators:OpenAICompatibleGenerator", "generator",
-                   "any OpenAI-compatible chat endpoint (base_url, model, API key from an env var)"),
-    ComponentEntry("llama_cpp", "ragconf.components.generators:LlamaCppGenerator", "generator",
-                   "local GGUF model through llama.cpp", extra="llama"),
+    ComponentEntry(
+        "bm25_retriever",
+        "ragconf.store.components:StoreBM25Retriever",
+        "retriever",
+        "BM25 over the configured store (filters pushed down)",
+    ),
+    ComponentEntry(
+        "embedding_retriever",
+        "ragconf.store.components:StoreEmbeddingRetriever",
+        "retriever",
+        "dense retrieval over the configured store (filters pushed down)",
+    ),
+    ComponentEntry(
+        "text_embedder",
+        "ragconf.components.embedders:RagconfTextEmbedder",
+        "text_embedder",
+        "embeds the query with the configured embedder",
+    ),
+    ComponentEntry(
+        "rrf_joiner",
+        "haystack.components.joiners:DocumentJoiner",
+        "joiner",
+        "reciprocal-rank fusion of several retrievers",
+        {"join_mode": "reciprocal_rank_fusion"},
+    ),
+    ComponentEntry(
+        "joiner",
+        "haystack.components.joiners:DocumentJoiner",
+        "joiner",
+        "concatenate / merge / distribution-based fusion of document lists",
+    ),
+    ComponentEntry(
+        "lost_in_the_middle",
+        "haystack.components.rankers:LostInTheMiddleRanker",
+        "ranker",
+        "reorders documents so the best are at the edges of the prompt",
+    ),
+    ComponentEntry(
+        "meta_field_ranker",
+        "haystack.components.rankers:MetaFieldRanker",
+        "ranker",
+        "reranks by a metadata field (e.g. recency)",
+    ),
+    ComponentEntry(
+        "prompt_builder",
+        "haystack.components.builders:PromptBuilder",
+        "builder",
+        "Jinja2 prompt from the query and numbered documents",
+        {"template": "@default_prompt"},
+    ),
+    ComponentEntry(
+        "extractive_answer",
+        "ragconf.components.generators:ExtractiveAnswerComposer",
+        "generator",
+        "offline extractive answer with numbered citations (no model server)",
+    ),
+    ComponentEntry(
+        "openai",
+        "ragconf.components.generators:OpenAICompatibleGenerator",
+        "generator",
+        "any OpenAI-compatible chat endpoint (base_url, model, API key from an env var)",
+    ),
+    ComponentEntry(
+        "llama_cpp",
+        "ragconf.components.generators:LlamaCppGenerator",
+        "generator",
+        "local GGUF model through llama.cpp",
+        extra="llama",
+    ),
 ]
 
 

@@ -104,8 +104,9 @@ class RagApp:
         return build_policy_service(self.spec.policy.model_dump(), workdir=self.workdir)
 
     def _ctx(self) -> BuildContext:
-        return BuildContext(store=self.store, embedder=self.spec.embedder, policy=self.policy,
-                            source_of=self.loaded.source_of)
+        return BuildContext(
+            store=self.store, embedder=self.spec.embedder, policy=self.policy, source_of=self.loaded.source_of
+        )
 
     @cached_property
     def retrieval(self) -> BuiltStage:
@@ -129,8 +130,12 @@ class RagApp:
         if profile not in cache:
             spec = self.profiles.get(profile)
             if spec is None:
-                raise SpecError(f"routing chose unknown profile '{profile}'", key="routing.profiles",
-                                valid=self.profiles, got=profile)
+                raise SpecError(
+                    f"routing chose unknown profile '{profile}'",
+                    key="routing.profiles",
+                    valid=self.profiles,
+                    got=profile,
+                )
             cache[profile] = build_stage(spec, "generator", self._ctx())
         return cache[profile]
 
@@ -141,7 +146,9 @@ class RagApp:
             return user
         return self.directory.resolve(user)
 
-    def retrieve(self, question: str, principal: Principal, *, top_k: int | None = None) -> tuple[list[Any], dict[str, str], dict[str, float]]:
+    def retrieve(
+        self, question: str, principal: Principal, *, top_k: int | None = None
+    ) -> tuple[list[Any], dict[str, str], dict[str, float]]:
         """Policy filter -> retrieval stage -> access guard. Returns (documents, decision ids, timings)."""
         timings: dict[str, float] = {}
         request = {"query": question, "action": "retrieve"}
@@ -184,8 +191,18 @@ class RagApp:
         ids["output"] = out_rules.decision_id
         timings["policy_route_output_ms"] = (time.perf_counter() - t0) * 1000
         if route.refused or not route.profile:
-            return Answer(question, principal.id, REFUSAL.format(reason=route.reason or "refused by policy"), [],
-                          [], ids, None, True, route.reason, timings_ms=timings)
+            return Answer(
+                question,
+                principal.id,
+                REFUSAL.format(reason=route.reason or "refused by policy"),
+                [],
+                [],
+                ids,
+                None,
+                True,
+                route.reason,
+                timings_ms=timings,
+            )
         passages = docs[: max(0, int(out_rules.max_passages))] if out_rules.max_passages else docs
         t1 = time.perf_counter()
         replies, _ = self.generation(route.profile).run({"query": question, "documents": passages})
@@ -200,8 +217,19 @@ class RagApp:
 
             text, redacted = redact(text)
         timings["total_ms"] = (time.perf_counter() - start) * 1000
-        return Answer(question, principal.id, text, citations, [_doc_record(d) for d in passages], ids,
-                      route.profile, False, route.reason, redacted, timings)
+        return Answer(
+            question,
+            principal.id,
+            text,
+            citations,
+            [_doc_record(d) for d in passages],
+            ids,
+            route.profile,
+            False,
+            route.reason,
+            redacted,
+            timings,
+        )
 
     @staticmethod
     def _profile_input(spec: GeneratorSpec) -> dict[str, Any]:
@@ -210,12 +238,11 @@ class RagApp:
     def ingest(self, progress: Any = None) -> Any:
         from ragconf.ingest import ingest
 
-        return ingest(self.spec.corpus, self.store, self.embedder.embed, corpus_name=self.spec.corpus.name,
-                      progress=progress)
+        return ingest(
+            self.spec.corpus, self.store, self.embedder.embed, corpus_name=self.spec.corpus.name, progress=progress
+        )
 
     def close(self) -> None:
         store = self.__dict__.get("store")
         if store is not None:
             store.close()
-
-

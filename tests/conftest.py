@@ -16,11 +16,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")
 
 
-def run_cli(*args: str, cwd: Path, check: bool = False, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, cwd: Path, check: bool = False, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the real `ragconf` console entry point in a subprocess."""
     full_env = {**os.environ, **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", "ragconf", *args], cwd=cwd, capture_output=True, text=True,
-                          env=full_env, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ragconf", *args], cwd=cwd, capture_output=True, text=True, env=full_env, timeout=600
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"ragconf {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc

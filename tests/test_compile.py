@@ -89,8 +89,11 @@ def test_bad_output_and_input_refs() -> None:
 
 def test_reserved_guard_name_rejected() -> None:
     with pytest.raises(CompileError, match="reserved"):
-        build_stage(stage(components={"access_guard": {"type": "rrf_joiner"}}, output="access_guard.documents",
-                          inputs={}), "pipeline", ctx())
+        build_stage(
+            stage(components={"access_guard": {"type": "rrf_joiner"}}, output="access_guard.documents", inputs={}),
+            "pipeline",
+            ctx(),
+        )
 
 
 def test_guard_is_appended_and_fails_closed_without_policy() -> None:

@@ -82,7 +82,7 @@ def _read_markdown(path: Path) -> tuple[str, str, dict[str, Any]]:
         if not isinstance(loaded, dict):
             raise ValueError("front matter must be a mapping")
         meta = loaded
-        raw = raw[m.end():]
+        raw = raw[m.end() :]
     title = str(meta.pop("title", "") or "")
     if not title:
         h = re.search(r"^#\s+(.+)$", raw, re.MULTILINE)
@@ -109,7 +109,9 @@ def _read_html(path: Path) -> tuple[str, str, dict[str, Any]]:
     for node in body.css("h1, h2, h3, h4, h5, h6, p, li, pre, td, blockquote") if body else []:
         text = node.text(separator=" ", strip=True)
         if text:
-            blocks.append(("#" * int(node.tag[1]) + " " + text) if node.tag[0] == "h" and node.tag[1:].isdigit() else text)
+            blocks.append(
+                ("#" * int(node.tag[1]) + " " + text) if node.tag[0] == "h" and node.tag[1:].isdigit() else text
+            )
     text = "\n\n".join(blocks) if blocks else (body.text(separator="\n") if body else "")
     return text, title, meta
 
@@ -124,9 +126,14 @@ def _read_pdf(path: Path) -> tuple[str, str, dict[str, Any]]:
     return "\n\n".join(pages), title, {"pages": len(pages)}
 
 
-_READERS = {".md": ("markdown", _read_markdown), ".markdown": ("markdown", _read_markdown),
-            ".txt": ("text", None), ".html": ("html", _read_html), ".htm": ("html", _read_html),
-            ".pdf": ("pdf", _read_pdf)}
+_READERS = {
+    ".md": ("markdown", _read_markdown),
+    ".markdown": ("markdown", _read_markdown),
+    ".txt": ("text", None),
+    ".html": ("html", _read_html),
+    ".htm": ("html", _read_html),
+    ".pdf": ("pdf", _read_pdf),
+}
 
 
 def _sidecar(path: Path) -> dict[str, Any]:
@@ -189,8 +196,14 @@ def iter_source(spec: Any, access: Any, errors: list[SourceError]) -> Iterator[S
             except IngestError as exc:
                 errors.append(SourceError(where, exc.message))
                 continue
-            yield SourceDocument(str(row["_id"]), normalize(str(row.get("text") or "")), str(row.get("title") or ""),
-                                 root.name, meta, "beir")
+            yield SourceDocument(
+                str(row["_id"]),
+                normalize(str(row.get("text") or "")),
+                str(row.get("title") or ""),
+                root.name,
+                meta,
+                "beir",
+            )
         return
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
     for path in files:

@@ -67,7 +67,9 @@ def check_forbidden(path: Path, source: str) -> None:
     for lineno, line in enumerate(source.splitlines(), 1):
         code = _strip_comments(line)
         for name in FORBIDDEN_BUILTINS:
-            if re.search(rf"(?<![\w.]){re.escape(name)}\s*\(", code) or (name == "opa.runtime" and "opa.runtime" in code):
+            if re.search(rf"(?<![\w.]){re.escape(name)}\s*\(", code) or (
+                name == "opa.runtime" and "opa.runtime" in code
+            ):
                 raise PolicyError(
                     f"{path}:{lineno}: policies may not call {name} (network and environment built-ins could "
                     "leak secrets into decisions)",
@@ -93,11 +95,15 @@ class RegoEngine:
     """The embedded engine: every module and data.json of the bundle in one rego-cpp interpreter."""
 
     #: Rules compiled ahead of time (a compiled plan evaluates ~15x faster than an ad-hoc query).
-    ENTRYPOINTS = ("ragconf/access/filter", "ragconf/access/allowed_ids", "ragconf/access/allow",
-                   "ragconf/routing/decision", "ragconf/output/decision")
+    ENTRYPOINTS = (
+        "ragconf/access/filter",
+        "ragconf/access/allowed_ids",
+        "ragconf/access/allow",
+        "ragconf/routing/decision",
+        "ragconf/output/decision",
+    )
 
-    def __init__(self, bundle: str | Path, *, tests: bool = False,
-                 entrypoints: tuple[str, ...] | None = None) -> None:
+    def __init__(self, bundle: str | Path, *, tests: bool = False, entrypoints: tuple[str, ...] | None = None) -> None:
         from regopy import Interpreter, RegoError
 
         self.bundle = _bundle_dir(bundle)
@@ -173,14 +179,21 @@ class OpaServerEngine:
         try:
             from opa_client.opa import OpaClient
         except ImportError:
-            raise PolicyError("the OPA server engine needs opa-python-client",
-                              hint="pip install 'ragconf[opa]'") from None
+            raise PolicyError(
+                "the OPA server engine needs opa-python-client", hint="pip install 'ragconf[opa]'"
+            ) from None
         parsed = urlparse(url)
         if not parsed.hostname:
             raise SpecError(f"invalid OPA URL '{url}'", key="policy.url")
         self.url = url
-        self._client = OpaClient(host=parsed.hostname, port=parsed.port or (443 if parsed.scheme == "https" else 8181),
-                                 ssl=parsed.scheme == "https", token=token, timeout=timeout, retries=0)
+        self._client = OpaClient(
+            host=parsed.hostname,
+            port=parsed.port or (443 if parsed.scheme == "https" else 8181),
+            ssl=parsed.scheme == "https",
+            token=token,
+            timeout=timeout,
+            retries=0,
+        )
 
     def evaluate(self, path: str, input: Mapping[str, Any]) -> Any:
         try:

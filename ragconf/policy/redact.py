@@ -32,8 +32,10 @@ def _load() -> tuple[Any, Any]:
                 from presidio_analyzer.nlp_engine import SpacyNlpEngine
                 from presidio_anonymizer import AnonymizerEngine
             except ImportError:
-                raise PolicyError("the output policy requires PII redaction but Presidio is not installed",
-                                  hint="pip install 'ragconf[pii]'") from None
+                raise PolicyError(
+                    "the output policy requires PII redaction but Presidio is not installed",
+                    hint="pip install 'ragconf[pii]'",
+                ) from None
 
             class _Engine(SpacyNlpEngine):  # the model comes from its wheel, never a download
                 def load(self) -> None:

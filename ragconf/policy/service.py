@@ -62,8 +62,13 @@ def _principal_input(principal: Any) -> dict[str, Any]:
 class PolicyService:
     """Access filter, per-document check, routing and output rules over one engine."""
 
-    def __init__(self, engine: Any, audit: AuditLog | None = None, bundle_dir: str | Path | None = None,
-                 document_fields: tuple[str, ...] = DEFAULT_DOCUMENT_FIELDS) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        audit: AuditLog | None = None,
+        bundle_dir: str | Path | None = None,
+        document_fields: tuple[str, ...] = DEFAULT_DOCUMENT_FIELDS,
+    ) -> None:
         from ragconf.policy.engine import bundle_revision
 
         self.engine = engine
@@ -73,8 +78,14 @@ class PolicyService:
         self.document_fields = tuple(document_fields)
 
     # ----- plumbing ------------------------------------------------------------------------------------
-    def _decide(self, path: str, data: dict[str, Any], principal_id: str | None,
-                summarize: Any = None, masked: tuple[str, ...] = ()) -> tuple[Any, str]:
+    def _decide(
+        self,
+        path: str,
+        data: dict[str, Any],
+        principal_id: str | None,
+        summarize: Any = None,
+        masked: tuple[str, ...] = (),
+    ) -> tuple[Any, str]:
         decision_id = str(uuid.uuid4())
         started = time.perf_counter()
         error = None
@@ -109,8 +120,12 @@ class PolicyService:
     def retrieval_filter(self, principal: Any, request: dict[str, Any]) -> FilterDecision:
         """The filter pushed into every retriever. Undefined or malformed: AccessDenied (fail closed)."""
         p = _principal_input(principal)
-        result, did = self._decide("ragconf/access/filter", {"principal": p, "request": _request(request)},
-                                   p.get("id"), masked=("request.query",))
+        result, did = self._decide(
+            "ragconf/access/filter",
+            {"principal": p, "request": _request(request)},
+            p.get("id"),
+            masked=("request.query",),
+        )
         if not isinstance(result, dict) or not result:
             raise AccessDenied(
                 f"the access policy gave no retrieval filter for user '{p.get('id')}' (decision {did}); "
@@ -140,18 +155,27 @@ class PolicyService:
             allowed = sum(1 for k in keys if str(k) in ok)
             return {"allowed": allowed, "denied": len(keys) - allowed, "signatures": len(unique)}
 
-        result, did = self._decide("ragconf/access/allowed_ids",
-                                   {"principal": p, "request": _request(request), "documents": unique},
-                                   p.get("id"), summary, masked=("request.query",))
+        result, did = self._decide(
+            "ragconf/access/allowed_ids",
+            {"principal": p, "request": _request(request), "documents": unique},
+            p.get("id"),
+            summary,
+            masked=("request.query",),
+        )
         ok = {str(x) for x in (result or [])}
         allowed = [d for d, k in zip(documents, keys, strict=True) if str(k) in ok]
         return DocsDecision(allowed, len(documents) - len(allowed), did)
 
-    def route(self, principal: Any, request: dict[str, Any], documents: list[Any],
-              profiles: list[dict[str, Any]]) -> RouteDecision:
+    def route(
+        self, principal: Any, request: dict[str, Any], documents: list[Any], profiles: list[dict[str, Any]]
+    ) -> RouteDecision:
         p = _principal_input(principal)
-        data = {"principal": p, "request": _request(request), "profiles": profiles,
-                "documents": [{"classification": (d.meta or {}).get("classification")} for d in documents]}
+        data = {
+            "principal": p,
+            "request": _request(request),
+            "profiles": profiles,
+            "documents": [{"classification": (d.meta or {}).get("classification")} for d in documents],
+        }
         result, did = self._decide("ragconf/routing/decision", data, p.get("id"), masked=("request.query",))
         if not isinstance(result, dict):
             return RouteDecision(None, True, "the routing policy made no decision (undefined means refuse)", did)
@@ -159,13 +183,20 @@ class PolicyService:
 
     def output_rules(self, principal: Any, request: dict[str, Any], documents: list[Any]) -> OutputDecision:
         p = _principal_input(principal)
-        data = {"principal": p, "request": _request(request),
-                "documents": [{"classification": (d.meta or {}).get("classification")} for d in documents]}
+        data = {
+            "principal": p,
+            "request": _request(request),
+            "documents": [{"classification": (d.meta or {}).get("classification")} for d in documents],
+        }
         result, did = self._decide("ragconf/output/decision", data, p.get("id"), masked=("request.query",))
         if not isinstance(result, dict):
             raise AccessDenied(f"the output policy made no decision (decision {did}); undefined means deny")
-        return OutputDecision(bool(result.get("require_citations", True)), int(result.get("max_passages") or 0),
-                              bool(result.get("redact_pii", False)), did)
+        return OutputDecision(
+            bool(result.get("require_citations", True)),
+            int(result.get("max_passages") or 0),
+            bool(result.get("redact_pii", False)),
+            did,
+        )
 
 
 def _request(request: dict[str, Any]) -> dict[str, Any]:

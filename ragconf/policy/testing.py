@@ -88,6 +88,9 @@ def run_policy_tests(bundle: Path, engine: Any) -> PolicyTestReport:
                 report.results.append(CaseResult(name, False, str(exc)))
                 continue
             ok = _equal(actual, case.get("expect"))
-            report.results.append(CaseResult(name, ok, "" if ok else
-                                             f"expected {json.dumps(case.get('expect'))}, got {json.dumps(actual)}"))
+            report.results.append(
+                CaseResult(
+                    name, ok, "" if ok else f"expected {json.dumps(case.get('expect'))}, got {json.dumps(actual)}"
+                )
+            )
     return report

@@ -321,5 +321,3 @@ def expand_sweep(overrides: list[str]) -> list[list[str]]:
         else:
             axes.append([ov.input_line or f"{key}={ov.get_value_element_as_str()}"])
     return [list(combo) for combo in itertools.product(*axes)]
-
-

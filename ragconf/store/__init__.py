@@ -25,7 +25,10 @@ def open_store(cfg: Mapping[str, Any], *, embedding_dim: int) -> ChunkStore:
     if kind == "elasticsearch":
         from ragconf.store.elasticsearch import ElasticsearchChunkStore
 
-        return ElasticsearchChunkStore(hosts=cfg.get("hosts") or "http://localhost:9200",
-                                       index=cfg.get("index") or "ragconf", embedding_dim=embedding_dim,
-                                       api_key_env=cfg.get("api_key_env"))
+        return ElasticsearchChunkStore(
+            hosts=cfg.get("hosts") or "http://localhost:9200",
+            index=cfg.get("index") or "ragconf",
+            embedding_dim=embedding_dim,
+            api_key_env=cfg.get("api_key_env"),
+        )
     raise SpecError(f"unknown store type '{kind}'", key="store.type", valid=STORE_TYPES, got=kind)

@@ -22,8 +22,11 @@ class _Base:
     def to_dict(self) -> dict[str, Any]:
         return {
             "type": f"{type(self).__module__}.{type(self).__name__}",
-            "init_parameters": {"document_store": self.document_store.to_dict(), "top_k": self.top_k,
-                                "filters": self.filters},
+            "init_parameters": {
+                "document_store": self.document_store.to_dict(),
+                "top_k": self.top_k,
+                "filters": self.filters,
+            },
         }
 
     @classmethod
@@ -41,8 +44,9 @@ class StoreBM25Retriever(_Base):
 
     @component.output_types(documents=list[Document])
     def run(self, query: str, filters: dict[str, Any] | None = None, top_k: int | None = None) -> dict[str, Any]:
-        docs = self.document_store.bm25_retrieval(query, filters=combine(self.filters, filters),
-                                                  top_k=top_k or self.top_k)
+        docs = self.document_store.bm25_retrieval(
+            query, filters=combine(self.filters, filters), top_k=top_k or self.top_k
+        )
         return {"documents": docs}
 
 
@@ -51,8 +55,10 @@ class StoreEmbeddingRetriever(_Base):
     """Exact dense retrieval over the store, with the access filter pushed down."""
 
     @component.output_types(documents=list[Document])
-    def run(self, query_embedding: list[float], filters: dict[str, Any] | None = None,
-            top_k: int | None = None) -> dict[str, Any]:
-        docs = self.document_store.embedding_retrieval(query_embedding, filters=combine(self.filters, filters),
-                                                       top_k=top_k or self.top_k)
+    def run(
+        self, query_embedding: list[float], filters: dict[str, Any] | None = None, top_k: int | None = None
+    ) -> dict[str, Any]:
+        docs = self.document_store.embedding_retrieval(
+            query_embedding, filters=combine(self.filters, filters), top_k=top_k or self.top_k
+        )
         return {"documents": docs}

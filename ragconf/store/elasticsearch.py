@@ -48,8 +48,9 @@ class ElasticsearchChunkStore:
         try:
             from haystack_integrations.document_stores.elasticsearch import ElasticsearchDocumentStore
         except ImportError:
-            raise StoreError("the elasticsearch store needs elasticsearch-haystack",
-                             hint="pip install 'ragconf[elasticsearch]'") from None
+            raise StoreError(
+                "the elasticsearch store needs elasticsearch-haystack", hint="pip install 'ragconf[elasticsearch]'"
+            ) from None
         kwargs: dict[str, Any] = {"hosts": hosts, "index": index}
         if api_key_env:
             from haystack.utils import Secret
@@ -87,10 +88,10 @@ class ElasticsearchChunkStore:
     def bm25_retrieval(self, query: str, *, filters: dict[str, Any] | None = None, top_k: int = 10) -> list[Any]:
         return list(self._wrap(self._es._bm25_retrieval, query, filters=es_filter(filters), top_k=top_k))
 
-    def embedding_retrieval(self, query_embedding: list[float], *, filters: dict[str, Any] | None = None,
-                            top_k: int = 10) -> list[Any]:
-        return list(self._wrap(self._es._embedding_retrieval, query_embedding, filters=es_filter(filters),
-                               top_k=top_k))
+    def embedding_retrieval(
+        self, query_embedding: list[float], *, filters: dict[str, Any] | None = None, top_k: int = 10
+    ) -> list[Any]:
+        return list(self._wrap(self._es._embedding_retrieval, query_embedding, filters=es_filter(filters), top_k=top_k))
 
     # ingest sync
     def _corpus(self, corpus: str) -> list[Any]:
@@ -114,9 +115,15 @@ class ElasticsearchChunkStore:
             if chunks:
                 self._wrap(self._es.write_documents, chunks, DuplicatePolicy.OVERWRITE)
             keep = {c.id for c in chunks}
-            old = self.filter_documents({"operator": "AND", "conditions": [
-                {"field": "meta.corpus", "operator": "==", "value": corpus},
-                {"field": "meta.doc_id", "operator": "==", "value": doc_id}]})
+            old = self.filter_documents(
+                {
+                    "operator": "AND",
+                    "conditions": [
+                        {"field": "meta.corpus", "operator": "==", "value": corpus},
+                        {"field": "meta.doc_id", "operator": "==", "value": doc_id},
+                    ],
+                }
+            )
             stale = [d.id for d in old if d.id not in keep]
             if stale:
                 self.delete_documents(stale)
@@ -125,9 +132,15 @@ class ElasticsearchChunkStore:
         ids = list(doc_ids)
         removed = 0
         for doc_id in ids:
-            old = self.filter_documents({"operator": "AND", "conditions": [
-                {"field": "meta.corpus", "operator": "==", "value": corpus},
-                {"field": "meta.doc_id", "operator": "==", "value": doc_id}]})
+            old = self.filter_documents(
+                {
+                    "operator": "AND",
+                    "conditions": [
+                        {"field": "meta.corpus", "operator": "==", "value": corpus},
+                        {"field": "meta.doc_id", "operator": "==", "value": doc_id},
+                    ],
+                }
+            )
             if old:
                 self.delete_documents([d.id for d in old])
                 removed += 1
@@ -138,8 +151,11 @@ class ElasticsearchChunkStore:
         h = hashlib.sha256()
         for d in sorted(docs, key=lambda d: d.id):
             h.update(f"{d.id}:{d.meta.get('content_hash')}\n".encode())
-        return {"documents": len({d.meta.get("doc_id") for d in docs}), "chunks": len(docs),
-                "content_hash": h.hexdigest()}
+        return {
+            "documents": len({d.meta.get("doc_id") for d in docs}),
+            "chunks": len(docs),
+            "content_hash": h.hexdigest(),
+        }
 
     def close(self) -> None:
         try:
@@ -148,5 +164,7 @@ class ElasticsearchChunkStore:
             pass
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": "ragconf.store.elasticsearch.ElasticsearchChunkStore",
-                "init_parameters": {"es": self._es.to_dict(), "embedding_dim": self.embedding_dim}}
+        return {
+            "type": "ragconf.store.elasticsearch.ElasticsearchChunkStore",
+            "init_parameters": {"es": self._es.to_dict(), "embedding_dim": self.embedding_dim},
+        }

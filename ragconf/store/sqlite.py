@@ -70,8 +70,9 @@ class SQLiteChunkStore:
             self._db.execute("PRAGMA busy_timeout=10000")
             self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"cannot open store '{self.path}': {exc}",
-                             hint="delete the file to rebuild it with `ragconf ingest`") from None
+            raise StoreError(
+                f"cannot open store '{self.path}': {exc}", hint="delete the file to rebuild it with `ragconf ingest`"
+            ) from None
         self._check_dim()
         self._lock = threading.RLock()
         self._matrix: np.ndarray | None = None
@@ -128,7 +129,9 @@ class SQLiteChunkStore:
         if doc.embedding is not None:
             vec = np.asarray(doc.embedding, dtype=np.float32)
             if vec.shape != (self.embedding_dim,):
-                raise StoreError(f"chunk {doc.id}: embedding has shape {vec.shape}, store expects ({self.embedding_dim},)")
+                raise StoreError(
+                    f"chunk {doc.id}: embedding has shape {vec.shape}, store expects ({self.embedding_dim},)"
+                )
             norm = float(np.linalg.norm(vec))
             emb = (vec / norm if norm > 0 else vec).tobytes()
         try:
@@ -228,7 +231,9 @@ class SQLiteChunkStore:
         try:
             rows = self._db.execute(
                 f"SELECT c.rowid, c.id, c.doc_id, c.content, c.meta, c.embedding FROM chunks c WHERE {where} "
-                "ORDER BY c.rowid", params).fetchall()
+                "ORDER BY c.rowid",
+                params,
+            ).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"invalid filter: {exc}") from None
         return [self._row_to_doc(r) for r in rows]
@@ -250,30 +255,39 @@ class SQLiteChunkStore:
             except sqlite3.Error as exc:
                 raise StoreError(f"BM25 query failed: {exc}") from None
             rows = self._rows_by_rowid([r[0] for r in ranked])
-        return [self._row_to_doc(rows[rid], score=-float(rank), with_embedding=False)
-                for rid, rank in ranked if rid in rows]
+        return [
+            self._row_to_doc(rows[rid], score=-float(rank), with_embedding=False) for rid, rank in ranked if rid in rows
+        ]
 
     def _bm25_filtered(self, match: str, filters: dict[str, Any], top_k: int) -> list[tuple[int, float]]:
         """Exact filtered top-k: the allowed rows among the global top-N are the filtered top-k when there are
         k of them; otherwise the filter runs inside the SQL query over every match."""
         allowed = self._allowed(filters)
         n = max(4 * top_k, 50)
-        ranked = self._db.execute("SELECT rowid, rank FROM fts WHERE fts MATCH ? ORDER BY rank LIMIT ?",
-                                  (match, n)).fetchall()
+        ranked = self._db.execute(
+            "SELECT rowid, rank FROM fts WHERE fts MATCH ? ORDER BY rank LIMIT ?", (match, n)
+        ).fetchall()
         hits = [r for r in ranked if r[0] in allowed]
         if len(hits) >= top_k or len(ranked) < n:
             return hits[:top_k]
         where, params = self._where(filters)
         return self._db.execute(
             "SELECT fts.rowid, fts.rank FROM fts JOIN chunks c ON c.rowid = fts.rowid "
-            f"WHERE fts MATCH ? AND {where} ORDER BY fts.rank LIMIT ?", [match, *params, top_k]).fetchall()
+            f"WHERE fts MATCH ? AND {where} ORDER BY fts.rank LIMIT ?",
+            [match, *params, top_k],
+        ).fetchall()
 
     def _rows_by_rowid(self, rowids: list[int]) -> dict[int, tuple[Any, ...]]:
         if not rowids:
             return {}
-        return {r[0]: r for r in self._db.execute(
-            f"SELECT rowid, id, doc_id, content, meta, NULL FROM chunks WHERE rowid IN ({','.join('?' * len(rowids))})",
-            rowids)}
+        return {
+            r[0]: r
+            for r in self._db.execute(
+                "SELECT rowid, id, doc_id, content, meta, NULL FROM chunks "
+                f"WHERE rowid IN ({','.join('?' * len(rowids))})",
+                rowids,
+            )
+        }
 
     def _allowed(self, filters: dict[str, Any]) -> frozenset[int]:
         """Row ids passing ``filters``, cached until the next write (a principal's filter repeats)."""
@@ -302,8 +316,11 @@ class SQLiteChunkStore:
                 ids.append(rid)
                 blobs.append(blob)
             self._rowids = np.asarray(ids, dtype=np.int64)
-            self._matrix = (np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), self.embedding_dim)
-                            if ids else np.zeros((0, self.embedding_dim), dtype=np.float32))
+            self._matrix = (
+                np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), self.embedding_dim)
+                if ids
+                else np.zeros((0, self.embedding_dim), dtype=np.float32)
+            )
         return self._rowids, self._matrix
 
     def _mask(self, filters: dict[str, Any], rowids: np.ndarray) -> np.ndarray:
@@ -319,8 +336,9 @@ class SQLiteChunkStore:
             self._masks.popitem(last=False)
         return mask
 
-    def embedding_retrieval(self, query_embedding: list[float], *, filters: dict[str, Any] | None = None,
-                            top_k: int = 10) -> list[Document]:
+    def embedding_retrieval(
+        self, query_embedding: list[float], *, filters: dict[str, Any] | None = None, top_k: int = 10
+    ) -> list[Document]:
         q = np.asarray(query_embedding, dtype=np.float32)
         if q.shape != (self.embedding_dim,):
             raise StoreError(f"query embedding has shape {q.shape}, store expects ({self.embedding_dim},)")
@@ -343,12 +361,15 @@ class SQLiteChunkStore:
             top = top[np.isfinite(scores[top])]
             chosen = [int(rowids[i]) for i in top]
             by_id = self._rows_by_rowid(chosen)
-        return [self._row_to_doc(by_id[rid], score=float(scores[i]), with_embedding=False)
-                for rid, i in zip(chosen, top, strict=True) if rid in by_id]
+        return [
+            self._row_to_doc(by_id[rid], score=float(scores[i]), with_embedding=False)
+            for rid, i in zip(chosen, top, strict=True)
+            if rid in by_id
+        ]
 
     def fingerprint(self) -> dict[str, Any]:
         h = hashlib.sha256()
-        for (cid, meta) in self._db.execute("SELECT id, json_extract(meta, '$.content_hash') FROM chunks ORDER BY id"):
+        for cid, meta in self._db.execute("SELECT id, json_extract(meta, '$.content_hash') FROM chunks ORDER BY id"):
             h.update(f"{cid}:{meta}\n".encode())
         docs = self._db.execute("SELECT COUNT(*) FROM docs").fetchone()[0]
         return {"documents": int(docs), "chunks": self.count_documents(), "content_hash": h.hexdigest()}
@@ -361,8 +382,10 @@ class SQLiteChunkStore:
 
     # ----- Haystack serialisation ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"type": "ragconf.store.sqlite.SQLiteChunkStore",
-                "init_parameters": {"path": str(self.path), "embedding_dim": self.embedding_dim}}
+        return {
+            "type": "ragconf.store.sqlite.SQLiteChunkStore",
+            "init_parameters": {"path": str(self.path), "embedding_dim": self.embedding_dim},
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SQLiteChunkStore:

@@ -34,7 +34,8 @@ def minimal_pdf(text: str) -> bytes:
     objs = [
         b"<< /Type /Catalog /Pages 2 0 R >>",
         b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
         b"<< /Length " + str(len(stream)).encode() + b" >>\nstream\n" + stream + b"\nendstream",
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
     ]
@@ -55,21 +56,28 @@ def minimal_pdf(text: str) -> bytes:
 def corpus_dir(tmp_path: Path) -> Path:
     d = tmp_path / "docs"
     (d / "sub").mkdir(parents=True)
-    (d / "guide.md").write_text("---\ntitle: Guide\nclassification: internal\ngroups: eng, sre\n---\n# Guide\n\n"
-                                "## Setup\nInstall the agent first.\n\n## Usage\nRun the agent daily.\n")
+    (d / "guide.md").write_text(
+        "---\ntitle: Guide\nclassification: internal\ngroups: eng, sre\n---\n# Guide\n\n"
+        "## Setup\nInstall the agent first.\n\n## Usage\nRun the agent daily.\n"
+    )
     (d / "notes.txt").write_text("Notes\n\nPlain text notes about the cafeteria menu.\n")
-    (d / "sub" / "page.html").write_text("<html><head><title>Page</title><meta name='tenant' content='acme'>"
-                                         "<script>evil()</script></head><body><nav>menu</nav><h1>Heading</h1>"
-                                         "<p>Visible paragraph text.</p></body></html>")
+    (d / "sub" / "page.html").write_text(
+        "<html><head><title>Page</title><meta name='tenant' content='acme'>"
+        "<script>evil()</script></head><body><nav>menu</nav><h1>Heading</h1>"
+        "<p>Visible paragraph text.</p></body></html>"
+    )
     (d / "sub" / "page.html.meta.yaml").write_text("classification: public\n")
     (d / "report.pdf").write_bytes(minimal_pdf("Quarterly revenue grew strongly"))
     return d
 
 
 def spec(path: Path, **kw: object) -> CorpusSpec:
-    data = {"name": "t", "sources": [{"type": "files", "path": str(path)}],
-            "access": {"acl_groups": "groups", "tenant": "tenant", "classification": "classification"},
-            "chunking": {"strategy": "markdown", "size": 50, "overlap": 10}}
+    data = {
+        "name": "t",
+        "sources": [{"type": "files", "path": str(path)}],
+        "access": {"acl_groups": "groups", "tenant": "tenant", "classification": "classification"},
+        "chunking": {"strategy": "markdown", "size": 50, "overlap": 10},
+    }
     data.update(kw)
     return CorpusSpec.model_validate(data)
 
@@ -105,7 +113,11 @@ def test_bad_classification_and_corrupt_files_are_reported_not_fatal(corpus_dir:
 def test_markdown_chunks_keep_section_path() -> None:
     chunks = chunk_text("# Title\n\nIntro.\n\n## A\nAlpha text.\n\n### A1\nDeep.\n\n## B\nBeta.", "markdown", 50, 0)
     assert [(c.section, c.text) for c in chunks] == [
-        ("Title", "Intro."), ("Title > A", "Alpha text."), ("Title > A > A1", "Deep."), ("Title > B", "Beta.")]
+        ("Title", "Intro."),
+        ("Title > A", "Alpha text."),
+        ("Title > A > A1", "Deep."),
+        ("Title > B", "Beta."),
+    ]
 
 
 def test_recursive_chunking_respects_size_and_overlap() -> None:
@@ -123,8 +135,19 @@ def test_incremental_sync(corpus_dir: Path, tmp_path: Path) -> None:
     first = ingest(cs, store, hashing_embed)
     assert (first.added, first.updated, first.deleted, first.unchanged) == (4, 0, 0, 0)
     chunk = store.filter_documents({"field": "meta.doc_id", "operator": "==", "value": "guide.md"})[0]
-    assert {"doc_id", "source", "title", "position", "content_hash", "chunk_hash", "ingested_at", "corpus",
-            "acl_groups", "classification", "section"} <= set(chunk.meta)
+    assert {
+        "doc_id",
+        "source",
+        "title",
+        "position",
+        "content_hash",
+        "chunk_hash",
+        "ingested_at",
+        "corpus",
+        "acl_groups",
+        "classification",
+        "section",
+    } <= set(chunk.meta)
     again = ingest(cs, store, hashing_embed)
     assert (again.added, again.updated, again.unchanged, again.chunks_written) == (0, 0, 4, 0)
     (corpus_dir / "notes.txt").write_text("Notes\n\nThe menu changed.\n")
@@ -173,8 +196,13 @@ def test_unreadable_source_path_is_an_error_and_deletes_nothing(tmp_path: Path, 
 
 def test_beir_fixture_and_loaders(tmp_path: Path) -> None:
     root = FIXTURES / "scifact_mini"
-    cs = CorpusSpec.model_validate({"name": "sf", "sources": [{"type": "beir", "path": str(root)}],
-                                    "chunking": {"strategy": "none", "size": 512, "overlap": 0}})
+    cs = CorpusSpec.model_validate(
+        {
+            "name": "sf",
+            "sources": [{"type": "beir", "path": str(root)}],
+            "chunking": {"strategy": "none", "size": 512, "overlap": 0},
+        }
+    )
     store = open_store({"type": "sqlite", "path": str(tmp_path / "s.sqlite")}, embedding_dim=DIM)
     summary = ingest(cs, store, hashing_embed)
     assert summary.added == 300 and not summary.errors

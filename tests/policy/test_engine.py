@@ -42,7 +42,9 @@ def test_a_wrong_expectation_is_reported_as_failed(tmp_path: Path) -> None:
     bundle = tmp_path / "policies"
     shutil.copytree(BUNDLE, bundle)
     test = bundle / "ragconf" / "output" / "output_test.rego"
-    test.write_text(test.read_text().replace('"max_passages": 5, "redact_pii": false', '"max_passages": 7, "redact_pii": false'))
+    test.write_text(
+        test.read_text().replace('"max_passages": 5, "redact_pii": false', '"max_passages": 7, "redact_pii": false')
+    )
     report = run_policy_tests(bundle, RegoEngine(bundle, tests=True))
     failed = [r for r in report.results if not r.passed]
     assert len(failed) == 1 and "max_passages" in failed[0].error
@@ -69,8 +71,9 @@ def test_syntax_error_fails_to_load_with_file_name(tmp_path: Path) -> None:
         RegoEngine(bundle)
 
 
-@pytest.mark.parametrize("call", ['http.send({"method": "get", "url": "http://x"})', "opa.runtime()",
-                                  'net.lookup_ip_addr("example.com")'])
+@pytest.mark.parametrize(
+    "call", ['http.send({"method": "get", "url": "http://x"})', "opa.runtime()", 'net.lookup_ip_addr("example.com")']
+)
 def test_network_and_environment_builtins_rejected(tmp_path: Path, call: str) -> None:
     bundle = _bundle_with(tmp_path, f"package ragconf.extra\n\n# {call} in a comment is fine\nx := {call}\n")
     with pytest.raises(PolicyError, match=r"extra.rego:4: policies may not call"):
@@ -104,8 +107,10 @@ def test_decisions_are_audited_with_required_fields(engine: RegoEngine, tmp_path
     audit = tmp_path / "audit.jsonl"
     svc = PolicyService(engine, AuditLog(audit), BUNDLE)
     alice = Principal("alice", ("sre",), "acme", "confidential")
-    docs = [Document(id="1", content="secret text", meta={"tenant": "acme", "acl_groups": ["sre"]}),
-            Document(id="2", content="x", meta={"tenant": "globex"})]
+    docs = [
+        Document(id="1", content="secret text", meta={"tenant": "acme", "acl_groups": ["sre"]}),
+        Document(id="2", content="x", meta={"tenant": "globex"}),
+    ]
     f = svc.retrieval_filter(alice, {"query": "q"})
     d = svc.check_documents(alice, docs, {"query": "q"})
     r = svc.route(alice, {}, d.allowed, [{"name": "extractive", "locality": "local"}])
@@ -115,8 +120,16 @@ def test_decisions_are_audited_with_required_fields(engine: RegoEngine, tmp_path
     lines = [json.loads(x) for x in audit.read_text().splitlines()]
     assert [x["decision_id"] for x in lines] == [f.decision_id, d.decision_id, r.decision_id, o.decision_id]
     for rec in lines:
-        assert {"decision_id", "time", "policy", "rule", "bundle_revision", "principal", "input_sha256",
-                "masked_fields"} <= set(rec)
+        assert {
+            "decision_id",
+            "time",
+            "policy",
+            "rule",
+            "bundle_revision",
+            "principal",
+            "input_sha256",
+            "masked_fields",
+        } <= set(rec)
         assert rec["principal"] == "alice" and rec["bundle_revision"] == svc.bundle_revision
         assert "secret text" not in json.dumps(rec)
     assert lines[1]["allowed"] == 1 and lines[1]["denied"] == 1
@@ -141,18 +154,23 @@ def visible(p: dict, meta: dict) -> bool:
     return groups is None or bool(set(groups) & set(p["groups"]))
 
 
-principals = st.fixed_dictionaries({
-    "id": st.sampled_from(["u1", "u2", ""]),
-    "groups": st.lists(st.sampled_from(GROUPS), unique=True, max_size=3),
-    "tenant": st.sampled_from(TENANTS),
-    "clearance": st.sampled_from([*CLASSIFICATIONS, "unknown"]),
-    "attributes": st.just({}),
-})
-metas = st.fixed_dictionaries({}, optional={
-    "tenant": st.sampled_from(TENANTS),
-    "classification": st.sampled_from([None, *CLASSIFICATIONS, "secret"]),
-    "acl_groups": st.one_of(st.none(), st.lists(st.sampled_from(GROUPS), unique=True, max_size=3)),
-})
+principals = st.fixed_dictionaries(
+    {
+        "id": st.sampled_from(["u1", "u2", ""]),
+        "groups": st.lists(st.sampled_from(GROUPS), unique=True, max_size=3),
+        "tenant": st.sampled_from(TENANTS),
+        "clearance": st.sampled_from([*CLASSIFICATIONS, "unknown"]),
+        "attributes": st.just({}),
+    }
+)
+metas = st.fixed_dictionaries(
+    {},
+    optional={
+        "tenant": st.sampled_from(TENANTS),
+        "classification": st.sampled_from([None, *CLASSIFICATIONS, "secret"]),
+        "acl_groups": st.one_of(st.none(), st.lists(st.sampled_from(GROUPS), unique=True, max_size=3)),
+    },
+)
 
 
 @settings(max_examples=400, deadline=None)

@@ -73,9 +73,11 @@ def test_missing_required_value_says_how_to_set_it() -> None:
 
 def test_error_in_team_config_file_names_that_file(tmp_path: Path) -> None:
     (tmp_path / "pipeline").mkdir()
-    (tmp_path / "config.yaml").write_text("defaults:\n  - corpus: handbook\n  - store: sqlite\n  - embedder: minilm\n"
-                                         "  - pipeline: mine\n  - generator: extractive\n  - identity: handbook\n"
-                                         "  - policy: default\n  - tracking: disabled\n  - eval: none\n  - _self_\n")
+    (tmp_path / "config.yaml").write_text(
+        "defaults:\n  - corpus: handbook\n  - store: sqlite\n  - embedder: minilm\n"
+        "  - pipeline: mine\n  - generator: extractive\n  - identity: handbook\n"
+        "  - policy: default\n  - tracking: disabled\n  - eval: none\n  - _self_\n"
+    )
     (tmp_path / "pipeline" / "mine.yaml").write_text(
         "name: mine\ncomponents:\n  bm25: {type: bm25_retriever, parms: {top_k: 3}}\noutput: bm25.documents\n"
     )

@@ -19,7 +19,9 @@ def test_null_in_lists_rewritten_to_missing_checks(meta: dict) -> None:
     for op in ("in", "not in"):
         flt = {"field": "meta.tenant", "operator": op, "value": [None, "acme"]}
         rewritten = es_filter(flt)
-        assert all(None not in (c.get("value") or [1]) for c in rewritten["conditions"] if c["operator"] in ("in", "not in"))
+        assert all(
+            None not in (c.get("value") or [1]) for c in rewritten["conditions"] if c["operator"] in ("in", "not in")
+        )
         assert matches(rewritten, {"meta": meta}) == matches(flt, {"meta": meta})
 
 
@@ -28,12 +30,23 @@ def test_null_in_lists_rewritten_to_missing_checks(meta: dict) -> None:
 def test_round_trip_against_a_real_server() -> None:
     from ragconf.store import open_store
 
-    store = open_store({"type": "elasticsearch", "hosts": ES_URL, "index": f"ragconf-test-{uuid.uuid4().hex[:8]}"},
-                       embedding_dim=4)
-    docs = [Document(id="a", content="failover runbook", embedding=[1, 0, 0, 0],
-                     meta={"doc_id": "a", "corpus": "t", "content_hash": "h", "chunks_total": 1, "tenant": "acme"}),
-            Document(id="b", content="failover notes", embedding=[0, 1, 0, 0],
-                     meta={"doc_id": "b", "corpus": "t", "content_hash": "h2", "chunks_total": 1})]
+    store = open_store(
+        {"type": "elasticsearch", "hosts": ES_URL, "index": f"ragconf-test-{uuid.uuid4().hex[:8]}"}, embedding_dim=4
+    )
+    docs = [
+        Document(
+            id="a",
+            content="failover runbook",
+            embedding=[1, 0, 0, 0],
+            meta={"doc_id": "a", "corpus": "t", "content_hash": "h", "chunks_total": 1, "tenant": "acme"},
+        ),
+        Document(
+            id="b",
+            content="failover notes",
+            embedding=[0, 1, 0, 0],
+            meta={"doc_id": "b", "corpus": "t", "content_hash": "h2", "chunks_total": 1},
+        ),
+    ]
     store.replace_docs("t", [("a", "h", docs[:1]), ("b", "h2", docs[1:])])
     flt = {"field": "meta.tenant", "operator": "in", "value": [None, "globex"]}
     assert [d.id for d in store.bm25_retrieval("failover", filters=flt)] == ["b"]

@@ -34,13 +34,28 @@ def doc(cid: str, text: str, seed: int = 0, **meta: object) -> Document:
 @pytest.fixture()
 def store(tmp_path: Path):  # type: ignore[no-untyped-def]
     s = open_store({"type": "sqlite", "path": str(tmp_path / "s.sqlite")}, embedding_dim=DIM)
-    s.replace_docs("c", [
-        ("a", "h-a", [doc("a", "The runner runs the failover runbook", 1, acl_groups=["sre", "eng"], tenant="acme",
-                          classification="confidential")]),
-        ("b", "h-b", [doc("b", "Running shoes are on sale", 2, tenant="acme", classification="public")]),
-        ("c", "h-c", [doc("c", "Parental leave lasts twenty weeks", 3, classification="internal", rank=3)]),
-        ("d", "h-d", [doc("d", "Runbooks for running the database", 4, acl_groups=[], tenant="globex")]),
-    ])
+    s.replace_docs(
+        "c",
+        [
+            (
+                "a",
+                "h-a",
+                [
+                    doc(
+                        "a",
+                        "The runner runs the failover runbook",
+                        1,
+                        acl_groups=["sre", "eng"],
+                        tenant="acme",
+                        classification="confidential",
+                    )
+                ],
+            ),
+            ("b", "h-b", [doc("b", "Running shoes are on sale", 2, tenant="acme", classification="public")]),
+            ("c", "h-c", [doc("c", "Parental leave lasts twenty weeks", 3, classification="internal", rank=3)]),
+            ("d", "h-d", [doc("d", "Runbooks for running the database", 4, acl_groups=[], tenant="globex")]),
+        ],
+    )
     yield s
     s.close()
 
@@ -54,8 +69,13 @@ FILTERS = [
     {"field": "meta.rank", "operator": ">=", "value": 3},
     {"field": "meta.rank", "operator": "<", "value": 3},
     {"operator": "NOT", "conditions": [{"field": "meta.classification", "operator": "==", "value": "public"}]},
-    {"operator": "OR", "conditions": [{"field": "id", "operator": "==", "value": "a"},
-                                      {"field": "meta.classification", "operator": "in", "value": ["internal"]}]},
+    {
+        "operator": "OR",
+        "conditions": [
+            {"field": "id", "operator": "==", "value": "a"},
+            {"field": "meta.classification", "operator": "in", "value": ["internal"]},
+        ],
+    },
 ]
 
 
@@ -70,15 +90,18 @@ def test_list_fields_match_any_element(store) -> None:  # type: ignore[no-untype
     got = {d.id for d in store.filter_documents({"field": "meta.acl_groups", "operator": "==", "value": "eng"})}
     assert got == {"a"}
     # an empty list is not "missing": nobody matches it
-    assert "d" not in {d.id for d in store.filter_documents({"field": "meta.acl_groups", "operator": "==", "value": None})}
+    assert "d" not in {
+        d.id for d in store.filter_documents({"field": "meta.acl_groups", "operator": "==", "value": None})
+    }
 
 
 def test_bm25_stems_and_pushes_filters_down(store) -> None:  # type: ignore[no-untyped-def]
     hits = store.bm25_retrieval("running", top_k=10)
     assert {"a", "b", "d"} <= {d.id for d in hits}
     assert all(d.score is not None and d.score > 0 for d in hits)
-    only_public = store.bm25_retrieval("running", filters={"field": "meta.classification", "operator": "==",
-                                                           "value": "public"}, top_k=1)
+    only_public = store.bm25_retrieval(
+        "running", filters={"field": "meta.classification", "operator": "==", "value": "public"}, top_k=1
+    )
     assert [d.id for d in only_public] == ["b"]
 
 
@@ -99,13 +122,16 @@ def test_retriever_components_and_filters_with_init_filters(store) -> None:  # t
     assert e.to_dict()["init_parameters"]["document_store"]["init_parameters"]["embedding_dim"] == DIM
 
 
-@pytest.mark.parametrize("bad", [
-    {"field": "meta.x", "operator": "~", "value": 1},
-    {"field": "meta.x", "operator": "in", "value": "notalist"},
-    {"operator": "AND", "conditions": []},
-    {"field": "meta.x", "operator": ">", "value": None},
-    {"operator": "==", "value": 1},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"field": "meta.x", "operator": "~", "value": 1},
+        {"field": "meta.x", "operator": "in", "value": "notalist"},
+        {"operator": "AND", "conditions": []},
+        {"field": "meta.x", "operator": ">", "value": None},
+        {"operator": "==", "value": 1},
+    ],
+)
 def test_invalid_filters_raise_never_return_everything(store, bad) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(StoreError):
         store.bm25_retrieval("running", filters=bad)
@@ -116,8 +142,16 @@ def test_invalid_filters_raise_never_return_everything(store, bad) -> None:  # t
 def test_replace_delete_hashes_and_fingerprint(store) -> None:  # type: ignore[no-untyped-def]
     fp0 = store.fingerprint()
     assert fp0["documents"] == 4 and fp0["chunks"] == 4
-    store.replace_docs("c", [("a", "h-a2", [doc("a", "new text one", 5), Document(id="a2", content="two",
-                              meta={"doc_id": "a"}, embedding=vec(6))])])
+    store.replace_docs(
+        "c",
+        [
+            (
+                "a",
+                "h-a2",
+                [doc("a", "new text one", 5), Document(id="a2", content="two", meta={"doc_id": "a"}, embedding=vec(6))],
+            )
+        ],
+    )
     assert store.doc_hashes("c")["a"] == "h-a2"
     assert store.count_documents() == 5
     assert store.fingerprint()["content_hash"] != fp0["content_hash"]
@@ -133,7 +167,8 @@ def test_failed_batch_rolls_back(store) -> None:  # type: ignore[no-untyped-def]
         store.replace_docs("c", [("b", "h-b2", [doc("b", "replacement", 7)]), ("x", "h-x", [bad])])
     assert store.doc_hashes("c")["b"] == "h-b"
     assert {d.content for d in store.filter_documents({"field": "id", "operator": "==", "value": "b"})} == {
-        "Running shoes are on sale"}
+        "Running shoes are on sale"
+    }
 
 
 def test_persists_across_reopen_and_checks_dimension(tmp_path: Path) -> None:
@@ -186,7 +221,9 @@ def test_killed_writer_loses_nothing_committed(tmp_path: Path) -> None:
 def test_filtered_bm25_finds_allowed_docs_ranked_below_the_fast_path(tmp_path: Path) -> None:
     s = open_store({"type": "sqlite", "path": str(tmp_path / "deep.sqlite")}, embedding_dim=DIM)
     items = [(f"d{i}", "h", [doc(f"d{i}", "failover " * 5 + "runbook", i, tenant="globex")]) for i in range(120)]
-    items.append(("rare", "h", [doc("rare", "failover and a great many other unrelated words " * 3, 999, tenant="acme")]))
+    items.append(
+        ("rare", "h", [doc("rare", "failover and a great many other unrelated words " * 3, 999, tenant="acme")])
+    )
     s.replace_docs("c", items)
     flt = {"field": "meta.tenant", "operator": "==", "value": "acme"}
     assert "rare" not in [d.id for d in s.bm25_retrieval("failover", top_k=100)]
