@@ -81,6 +81,7 @@ class SQLiteChunkStore:
         self._writes = 0
         self._masks: OrderedDict[str, np.ndarray] = OrderedDict()
         self._allowed_cache: OrderedDict[str, frozenset[int]] = OrderedDict()
+        self._count: int | None = None
         self._mask_cache = mask_cache
 
     # ----- bookkeeping ---------------------------------------------------------------------------------
@@ -105,6 +106,7 @@ class SQLiteChunkStore:
             self._rowids = None
             self._masks.clear()
             self._allowed_cache.clear()
+            self._count = None
             self._version = state
 
     def _tx(self) -> Any:
@@ -263,13 +265,20 @@ class SQLiteChunkStore:
         """Exact filtered top-k: the allowed rows among the global top-N are the filtered top-k when there are
         k of them; otherwise the filter runs inside the SQL query over every match."""
         allowed = self._allowed(filters)
-        n = max(4 * top_k, 50)
-        ranked = self._db.execute(
-            "SELECT rowid, rank FROM fts WHERE fts MATCH ? ORDER BY rank LIMIT ?", (match, n)
-        ).fetchall()
-        hits = [r for r in ranked if r[0] in allowed]
-        if len(hits) >= top_k or len(ranked) < n:
-            return hits[:top_k]
+        if not allowed:
+            return []
+        if self._count is None:
+            self._count = self.count_documents()
+        total = max(1, self._count)
+        # read enough of the global ranking to expect top_k allowed rows (3x margin), then verify
+        n = max(50, int(3 * top_k * total / len(allowed)))
+        if n <= 20_000:
+            ranked = self._db.execute(
+                "SELECT rowid, rank FROM fts WHERE fts MATCH ? ORDER BY rank LIMIT ?", (match, n)
+            ).fetchall()
+            hits = [r for r in ranked if r[0] in allowed]
+            if len(hits) >= top_k or len(ranked) < n:
+                return hits[:top_k]
         where, params = self._where(filters)
         return self._db.execute(
             "SELECT fts.rowid, fts.rank FROM fts JOIN chunks c ON c.rowid = fts.rowid "
