@@ -1,0 +1,31 @@
+"""Run tracking in MLflow: manifests, listing, comparison."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ragconf.tracking.mlflow_tracker import NullRun, NullTracker, RunHandle, Tracker, flatten, sha256_files
+from ragconf.tracking.runs import compare_runs, format_comparison, list_runs, load_run_config
+
+__all__ = [
+    "NullRun",
+    "NullTracker",
+    "RunHandle",
+    "Tracker",
+    "compare_runs",
+    "flatten",
+    "format_comparison",
+    "list_runs",
+    "load_run_config",
+    "make_tracker",
+    "sha256_files",
+]
+
+
+def make_tracker(cfg: Mapping[str, Any], *, workdir: Path) -> Tracker | NullTracker:
+    """The tracker the `tracking` config asks for (a NullTracker when disabled)."""
+    if not cfg.get("enabled", True):
+        return NullTracker()
+    return Tracker(cfg, workdir=Path(workdir))

@@ -1,0 +1,101 @@
+"""List, compare and load tracked runs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ragconf.errors import TrackingError
+
+__all__ = ["compare_runs", "format_comparison", "list_runs", "load_run_config"]
+
+FINGERPRINT_PREFIXES = ("model.", "policy.", "index.", "dataset.", "version.", "config_hash")
+
+
+def _tracker(cfg: Mapping[str, Any]) -> Any:
+    from ragconf.tracking.mlflow_tracker import Tracker
+
+    return Tracker(cfg, workdir=Path(cfg.get("workdir") or ".ragconf"))
+
+
+def list_runs(cfg: Mapping[str, Any], max_results: int = 50) -> list[dict[str, Any]]:
+    tracker = _tracker(cfg)
+    client = tracker.client()
+    exp = client.get_experiment_by_name(tracker.experiment)
+    if exp is None:
+        return []
+    runs = client.search_runs([exp.experiment_id], max_results=max_results, order_by=["attributes.start_time DESC"])
+    import datetime as dt
+
+    return [{
+        "run_id": r.info.run_id,
+        "kind": r.data.tags.get("ragconf.kind", ""),
+        "start_time": dt.datetime.fromtimestamp(r.info.start_time / 1000).isoformat(timespec="seconds"),
+        "status": r.info.status,
+        "metrics": dict(r.data.metrics),
+        "tags": {k: v for k, v in r.data.tags.items() if not k.startswith("mlflow.")},
+    } for r in runs]
+
+
+def load_run_config(cfg: Mapping[str, Any], run_id: str) -> tuple[dict[str, Any], list[str], Any]:
+    """(resolved config, overrides, run) of a logged run."""
+    import json
+
+    import yaml
+
+    from ragconf.tracking.mlflow_tracker import _require
+
+    tracker = _tracker(cfg)
+    client = tracker.client()
+    run = _require(client, run_id)
+    try:
+        local = client.download_artifacts(run_id, "config.yaml")
+        config = yaml.safe_load(Path(local).read_text())
+    except Exception as exc:
+        raise TrackingError(f"run '{run_id}' has no readable config.yaml artifact ({exc})") from None
+    overrides = json.loads(run.data.tags.get("overrides", "[]"))
+    return config, overrides, run
+
+
+def compare_runs(cfg: Mapping[str, Any], run_a: str, run_b: str) -> dict[str, Any]:
+    from ragconf.tracking.mlflow_tracker import flatten
+
+    conf_a, ov_a, ra = load_run_config(cfg, run_a)
+    conf_b, ov_b, rb = load_run_config(cfg, run_b)
+    fa, fb = flatten(conf_a), flatten(conf_b)
+    changed = {k: (fa[k], fb[k]) for k in sorted(set(fa) & set(fb)) if fa[k] != fb[k]}
+    added = {k: fb[k] for k in sorted(set(fb) - set(fa))}
+    removed = {k: fa[k] for k in sorted(set(fa) - set(fb))}
+    ta, tb = ra.data.tags, rb.data.tags
+    fp = {k: (ta.get(k), tb.get(k)) for k in sorted(set(ta) | set(tb))
+          if k.startswith(FINGERPRINT_PREFIXES) and ta.get(k) != tb.get(k)}
+    ma, mb = ra.data.metrics, rb.data.metrics
+    metrics = {k: (ma.get(k), mb.get(k), (mb[k] - ma[k]) if k in ma and k in mb else None)
+               for k in sorted(set(ma) | set(mb))}
+    return {"run_a": run_a, "run_b": run_b, "overrides": (ov_a, ov_b),
+            "config": {"changed": changed, "added": added, "removed": removed},
+            "fingerprints": fp, "metrics": metrics}
+
+
+def format_comparison(cmp: Mapping[str, Any]) -> str:
+    lines = [f"run A {cmp['run_a']}", f"run B {cmp['run_b']}", "", "config (dotted keys):"]
+    conf = cmp["config"]
+    if not any(conf.values()):
+        lines.append("  identical")
+    for k, (a, b) in conf["changed"].items():
+        lines.append(f"  ~ {k}: {a!r} -> {b!r}")
+    for k, v in conf["added"].items():
+        lines.append(f"  + {k}: {v!r}")
+    for k, v in conf["removed"].items():
+        lines.append(f"  - {k}: {v!r}")
+    lines += ["", "models / policies / index / versions:"]
+    if not cmp["fingerprints"]:
+        lines.append("  unchanged")
+    for k, (a, b) in cmp["fingerprints"].items():
+        lines.append(f"  ~ {k}: {str(a)[:16]} -> {str(b)[:16]}")
+    lines += ["", f"{'metric':24} {'A':>12} {'B':>12} {'delta':>12}"]
+    for k, (a, b, d) in cmp["metrics"].items():
+        fmt = lambda x: "-" if x is None else f"{x:.4f}"  # noqa: E731
+        lines.append(f"{k:24} {fmt(a):>12} {fmt(b):>12} {('' if d is None else f'{d:+.4f}'):>12}")
+    return "\n".join(lines)
