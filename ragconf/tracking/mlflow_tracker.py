@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 import uuid
-import warnings
 from collections.abc import Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
@@ -45,14 +44,14 @@ MAX_PARAM = 6000
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """Dotted keys for nested mappings; lists keep their index as [i]."""
+    """Dotted keys for nested mappings; lists of mappings/lists use the index as a key part (sources.0.path)."""
     out: dict[str, Any] = {}
     if isinstance(data, Mapping):
         for k, v in data.items():
             out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
     elif isinstance(data, list) and data and any(isinstance(x, Mapping | list) for x in data):
         for i, v in enumerate(data):
-            out.update(flatten(v, f"{prefix}[{i}]"))
+            out.update(flatten(v, f"{prefix}.{i}" if prefix else str(i)))
     else:
         out[prefix] = data
     return out
@@ -212,22 +211,40 @@ class Tracker:
         self.parent_run_id: str | None = None
         self._warned = False
         self._client: Any = None
+        self._checked = False
+        self._dead = False
 
     def warn(self, message: str) -> None:
         if not self._warned:
             self._warned = True
-            warnings.warn(f"ragconf tracking: {message} (continuing without tracking)", stacklevel=3)
             print(f"warning: tracking: {message} (continuing without tracking)", file=sys.stderr)
+
+    def _reachable(self) -> None:
+        """Fail fast (2 s) on an HTTP tracking server that is down, instead of MLflow's minutes of retries."""
+        if not self.uri.startswith(("http://", "https://")) or self._checked:
+            return
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(self.uri.rstrip("/") + "/health", timeout=2) as resp:
+                resp.read()
+        except urllib.error.HTTPError:
+            pass  # the server answers (a proxy without /health, auth...): let MLflow try
+        except (OSError, ValueError) as exc:
+            raise TrackingError(f"tracking server {self.uri} is unreachable ({exc})") from None
+        self._checked = True
 
     def client(self) -> Any:
         if self._client is None:
+            self._reachable()
             import logging
 
-            logging.getLogger("alembic").setLevel(logging.WARNING)
-            logging.getLogger("mlflow").setLevel(logging.WARNING)
-            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
             os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
             from mlflow.tracking import MlflowClient
+
+            for name in ("alembic", "mlflow", "mlflow.store.db.utils"):
+                logging.getLogger(name).setLevel(logging.WARNING)
 
             if self.uri.startswith("sqlite:///"):
                 self.workdir.mkdir(parents=True, exist_ok=True)
@@ -244,6 +261,8 @@ class Tracker:
     def _create(
         self, kind: str, run_name: str | None, tags: dict[str, str], parent_run_id: str | None = None
     ) -> RunHandle | None:
+        if self._dead:
+            return None
         try:
             client = self.client()
             exp_id = self._experiment_id(client)
@@ -253,6 +272,7 @@ class Tracker:
             run = client.create_run(exp_id, tags=all_tags, run_name=run_name or f"{kind}-{time.strftime('%H%M%S')}")
             return RunHandle(self, client, run.info.run_id)
         except Exception as exc:
+            self._dead = True
             self.warn(f"cannot start a run at {self.uri}: {exc}")
             return None
 
@@ -405,6 +425,10 @@ def _submit(
     status: str,
 ) -> None:
     global _WORKER
+    # MLflow's import chain registers threading atexit hooks (concurrent.futures), which Python refuses once
+    # interpreter shutdown has begun; importing that module now lets the exit-time flush import mlflow.
+    import concurrent.futures.thread  # noqa: F401
+
     with _LOCK:
         if _WORKER is None or not _WORKER.is_alive():
             _WORKER = threading.Thread(target=_work, name="ragconf-tracking", daemon=True)
