@@ -16,7 +16,14 @@ from ragconf.tracking.mlflow_tracker import (
     flush,
     sha256_files,
 )
-from ragconf.tracking.runs import compare_runs, format_comparison, list_runs, load_run_config
+from ragconf.tracking.runs import (
+    compare_runs,
+    format_comparison,
+    get_run,
+    list_runs,
+    load_run_artifact,
+    load_run_config,
+)
 
 __all__ = [
     "DeferredRun",
@@ -28,7 +35,9 @@ __all__ = [
     "flatten",
     "flush",
     "format_comparison",
+    "get_run",
     "list_runs",
+    "load_run_artifact",
     "load_run_config",
     "make_tracker",
     "sha256_files",

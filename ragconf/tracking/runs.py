@@ -8,7 +8,7 @@ from typing import Any
 
 from ragconf.errors import TrackingError
 
-__all__ = ["compare_runs", "format_comparison", "list_runs", "load_run_config"]
+__all__ = ["compare_runs", "format_comparison", "get_run", "list_runs", "load_run_artifact", "load_run_config"]
 
 FINGERPRINT_PREFIXES = ("model.", "policy.", "index.", "dataset.", "version.", "config_hash")
 
@@ -66,6 +66,35 @@ def _load(cfg: Mapping[str, Any], run_id: str) -> tuple[dict[str, Any], list[str
         raise TrackingError(f"run '{run_id}' has no readable config.yaml artifact ({exc})") from None
     overrides = json.loads(run.data.tags.get("overrides", "[]"))
     return config, overrides, run
+
+
+def get_run(cfg: Mapping[str, Any], run_id: str) -> dict[str, Any]:
+    """One run (by MLflow run id or ragconf run key) as ``{run_id, kind, status, metrics, tags}``."""
+    from ragconf.tracking.mlflow_tracker import _require
+
+    run = _require(_tracker(cfg).client(), run_id)
+    return {
+        "run_id": run.info.run_id,
+        "kind": run.data.tags.get("ragconf.kind", ""),
+        "status": run.info.status,
+        "metrics": dict(run.data.metrics),
+        "tags": dict(run.data.tags),
+    }
+
+
+def load_run_artifact(cfg: Mapping[str, Any], run_id: str, path: str) -> str | None:
+    """The text of one artifact of a run, or None when the run has no such artifact."""
+    import tempfile
+
+    from ragconf.tracking.mlflow_tracker import _require
+
+    client = _tracker(cfg).client()
+    run = _require(client, run_id)
+    try:
+        local = client.download_artifacts(run.info.run_id, path, dst_path=tempfile.mkdtemp(prefix="ragconf-"))
+        return Path(local).read_text(encoding="utf-8")
+    except Exception:
+        return None
 
 
 def compare_runs(cfg: Mapping[str, Any], run_a: str, run_b: str) -> dict[str, Any]:
