@@ -45,7 +45,10 @@ __all__ = [
 
 
 def make_tracker(cfg: Mapping[str, Any], *, workdir: Path) -> Tracker | NullTracker:
-    """The tracker the `tracking` config asks for (a NullTracker when disabled)."""
+    """The tracker the `tracking` config asks for (a NullTracker when disabled). The store is opened in the
+    background right away, so a run started after some work (an eval) rarely waits for mlflow's import."""
     if not cfg.get("enabled", True):
         return NullTracker()
-    return Tracker(cfg, workdir=Path(workdir))
+    tracker = Tracker(cfg, workdir=Path(workdir))
+    tracker.warm_up()  # import mlflow / open the store while the caller works
+    return tracker

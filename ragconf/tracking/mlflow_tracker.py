@@ -213,6 +213,19 @@ class Tracker:
         self._client: Any = None
         self._checked = False
         self._dead = False
+        self._client_lock = threading.Lock()
+
+    def warm_up(self) -> None:
+        """Import mlflow and open the store in a daemon thread, overlapping that cost (~1-2 s per process) with
+        the caller's work (an eval). Errors are left for the first real use to report."""
+
+        def run() -> None:
+            with contextlib.suppress(BaseException):
+                self.client()
+
+        import concurrent.futures.thread  # noqa: F401  (see _submit)
+
+        threading.Thread(target=run, name="ragconf-tracking-warmup", daemon=True).start()
 
     def warn(self, message: str) -> None:
         if not self._warned:
@@ -236,6 +249,10 @@ class Tracker:
         self._checked = True
 
     def client(self) -> Any:
+        with self._client_lock:
+            return self._client_locked()
+
+    def _client_locked(self) -> Any:
         if self._client is None:
             self._reachable()
             import logging
