@@ -122,6 +122,9 @@ def _explain_hydra_error(exc: Exception, overrides: list[str], dirs: list[Path])
         key = m.group(1)
         missing = re.search(r"Key '([^']+)' is not in struct", msg)
         parts = tuple(key.split("."))
+        param_error = _explain_unknown_param(key, overrides, dirs)
+        if param_error is not None:
+            return param_error
         model = _model_at(parts)
         valid = list(model.model_fields) if model is not None else None
         if valid and parts[-1] in valid:
@@ -149,6 +152,44 @@ def _explain_hydra_error(exc: Exception, overrides: list[str], dirs: list[Path])
         )
     first = msg.strip().splitlines()[0] if msg.strip() else type(exc).__name__
     return SpecError(f"cannot compose the config: {first}", source=", ".join(str(d) for d in dirs))
+
+
+def _explain_unknown_param(key: str, overrides: list[str], dirs: list[Path]) -> SpecError | None:
+    """``stage.components.NAME.params.P=V`` where the config does not set P: name the component's real
+    parameters (from the registry) so a typo gets a did-you-mean instead of a generic 'not in struct'."""
+    m = re.fullmatch(r"(\w+)\.components\.([\w\-]+)\.params\.(\w+)", key)
+    if not m:
+        return None
+    stage, name, param = m.groups()
+    rest = [o for o in overrides if not o.lstrip("+~").startswith(key + "=")]
+    try:
+        cfg = _compose(dirs[0], rest, dirs, "config")
+        ctype = str(cfg[stage]["components"][name]["type"])
+    except Exception:
+        return None
+    from ragconf.registry import default_registry
+
+    try:
+        accepted = default_registry().get(ctype).init_params()
+    except Exception:
+        return None
+    source = f"command-line override starting with '{key}='"
+    if accepted is None:
+        return None
+    if param in accepted:
+        return SpecError(
+            f"'{param}' is a parameter of {ctype} but this config does not set it",
+            key=key,
+            source=source,
+            hint=f"add it with '+{key}=VALUE'",
+        )
+    return SpecError(
+        f"component '{name}' ({ctype}) has no parameter '{param}'",
+        key=key,
+        source=source,
+        valid=sorted(a for a in accepted if a != "document_store"),
+        got=param,
+    )
 
 
 def _register_resolvers() -> None:
