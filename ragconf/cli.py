@@ -236,6 +236,8 @@ def _track_ask(rag: Any, answer: Any) -> str | None:
         with tracker.start_run("ask", config=rag.loaded.data, overrides=rag.loaded.overrides) as run:
             run.set_tags({f"decision.{k}": v for k, v in answer.decision_ids.items()})
             run.log_metrics({k: v for k, v in answer.timings_ms.items()})
+            if answer.trace:
+                run.log_trace("ask", answer.trace)
             run.log_dict(
                 {
                     "question": answer.question,
@@ -459,9 +461,13 @@ def runs_reproduce(
             + ("metrics match" if report["match"] else "METRICS DIFFER")
         )
         for k, (a, b) in sorted(report["metrics"].items()):
-            typer.echo(f"  {k:20} {a:.6f} -> {b:.6f}" + ("" if a == b else "  *"))
+            typer.echo(f"  {k:20} {_fmt_metric(a)} -> {_fmt_metric(b)}" + ("" if a == b else "  *"))
     if not report["match"]:
         raise typer.Exit(1)
+
+
+def _fmt_metric(value: Any) -> str:
+    return f"{value:.6f}" if isinstance(value, (int, float)) else "missing"
 
 
 def _tracking_cfg(rag: Any) -> dict[str, Any]:

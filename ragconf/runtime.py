@@ -8,6 +8,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from ragconf import spans
 from ragconf.compile import GUARD_NAME, BuildContext, BuiltStage, build_stage
 from ragconf.errors import SpecError
 from ragconf.spec.loader import LoadedConfig, load_config
@@ -36,9 +37,13 @@ class Answer:
     redacted: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
     run_id: str | None = None
+    trace: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def to_dict(self, *, include_trace: bool = False) -> dict[str, Any]:
+        out = asdict(self)
+        if not include_trace:
+            out.pop("trace")
+        return out
 
 
 def _doc_record(doc: Any) -> dict[str, Any]:
@@ -153,7 +158,9 @@ class RagApp:
         timings: dict[str, float] = {}
         request = {"query": question, "action": "retrieve"}
         t0 = time.perf_counter()
-        filt = self.policy.retrieval_filter(principal, request)  # raises AccessDenied when undefined
+        with spans.span("policy.access.filter") as sp:
+            filt = self.policy.retrieval_filter(principal, request)  # raises AccessDenied when undefined
+            sp.set_tag("decision_id", filt.decision_id)
         timings["policy_filter_ms"] = (time.perf_counter() - t0) * 1000
         extra: dict[str, dict[str, Any]] = {name: {"filters": filt.filters} for name in self.retrieval.retrievers}
         extra[GUARD_NAME] = {"principal": principal, "request": request}
@@ -162,10 +169,13 @@ class RagApp:
             if pre_comp is not None:
                 extra.setdefault(pre_comp, {})["top_k"] = top_k
         t1 = time.perf_counter()
-        docs, result = self.retrieval.run({"query": question}, extra=extra)
+        with spans.span("retrieval") as sp:
+            docs, result = self.retrieval.run({"query": question}, extra=extra)
+            guard_out = result.get(GUARD_NAME, {})
+            ids = {"access.filter": filt.decision_id, "access.documents": guard_out.get("decision_id", "")}
+            sp.set_tag("decision_ids", dict(ids))
+            sp.set_tag("document_ids", [d.id for d in docs or []])
         timings["retrieval_ms"] = (time.perf_counter() - t1) * 1000
-        guard_out = result.get(GUARD_NAME, {})
-        ids = {"access.filter": filt.decision_id, "access.documents": guard_out.get("decision_id", "")}
         return list(docs or []), ids, timings
 
     def _pre_guard_output(self) -> str | None:
@@ -176,7 +186,14 @@ class RagApp:
         return comp if "top_k" in input_sockets(inst) else None
 
     def ask(self, question: str, user: str | Principal | None) -> Answer:
-        """Answer ``question`` for ``user`` with numbered citations, enforcing every policy decision."""
+        """Answer ``question`` for ``user`` with numbered citations, enforcing every policy decision.
+        The answer carries the request's trace (spans per step and per pipeline component)."""
+        with spans.collect("ask", user=getattr(user, "id", user)) as trace:
+            answer = self._ask(question, user)
+        answer.trace = trace
+        return answer
+
+    def _ask(self, question: str, user: str | Principal | None) -> Answer:
         from ragconf.components.citations import extract_citations
         from ragconf.components.generators import NO_ANSWER
 
@@ -185,10 +202,15 @@ class RagApp:
         docs, ids, timings = self.retrieve(question, principal)
         request = {"query": question, "action": "answer"}
         t0 = time.perf_counter()
-        route = self.policy.route(principal, request, docs, [self._profile_input(p) for p in self.profiles.values()])
-        ids["routing"] = route.decision_id
-        out_rules = self.policy.output_rules(principal, request, docs)
-        ids["output"] = out_rules.decision_id
+        with spans.span("policy.routing") as sp:
+            profiles = [self._profile_input(p) for p in self.profiles.values()]
+            route = self.policy.route(principal, request, docs, profiles)
+            ids["routing"] = route.decision_id
+            sp.set_tags({"decision_id": route.decision_id, "profile": route.profile, "refused": route.refused})
+        with spans.span("policy.output") as sp:
+            out_rules = self.policy.output_rules(principal, request, docs)
+            ids["output"] = out_rules.decision_id
+            sp.set_tag("decision_id", out_rules.decision_id)
         timings["policy_route_output_ms"] = (time.perf_counter() - t0) * 1000
         if route.refused or not route.profile:
             return Answer(
@@ -205,7 +227,8 @@ class RagApp:
             )
         passages = docs[: max(0, int(out_rules.max_passages))] if out_rules.max_passages else docs
         t1 = time.perf_counter()
-        replies, _ = self.generation(route.profile).run({"query": question, "documents": passages})
+        with spans.span("generation", profile=route.profile, passages=len(passages)):
+            replies, _ = self.generation(route.profile).run({"query": question, "documents": passages})
         timings["generation_ms"] = (time.perf_counter() - t1) * 1000
         text = _reply_text(replies)
         citations = extract_citations(text, passages)
@@ -215,7 +238,9 @@ class RagApp:
         if out_rules.redact_pii:
             from ragconf.policy.redact import redact
 
-            text, redacted = redact(text)
+            with spans.span("policy.redaction") as sp:
+                text, redacted = redact(text)
+                sp.set_tag("redacted", list(redacted))
         timings["total_ms"] = (time.perf_counter() - start) * 1000
         return Answer(
             question,

@@ -90,3 +90,29 @@ def test_config_mistakes_exit_2_without_traceback(handbook_dir: Path) -> None:
         assert proc.returncode == 2, (args, proc.stderr)
         assert needle in proc.stderr, (args, proc.stderr)
         assert "Traceback" not in proc.stderr
+
+
+def test_ask_run_is_traced_per_component(handbook_dir: Path, monkeypatch) -> None:
+    """The tracked ask run carries a trace: one span per pipeline component with its latency and the
+    document ids it returned, and the policy steps with the same decision ids the answer reports."""
+    from ragconf.runtime import RagApp
+    from ragconf.tracking import load_run_artifact
+
+    out = ask(handbook_dir, "When should we fail over the primary database?", "alice")
+    assert out["run_id"]
+    monkeypatch.chdir(handbook_dir)
+    rag = RagApp.from_overrides()
+    cfg = {**rag.spec.tracking.model_dump(), "workdir": str(rag.workdir)}
+    trace = json.loads(load_run_artifact(cfg, out["run_id"], "trace.json") or "{}")
+    spans = {s["name"]: s for s in trace["spans"]}
+    for name in ("component.bm25", "component.dense", "component.fuse", "component.access_guard", "component.answer"):
+        assert spans[name]["duration_ms"] >= 0 and spans[name]["end_ns"] >= spans[name]["start_ns"]
+    guard = spans["component.access_guard"]
+    assert guard["attributes"]["decision_id"] == out["decision_ids"]["access.documents"]
+    assert set(guard["attributes"]["document_ids"]) >= {d["chunk_id"] for d in out["documents"]}
+    assert spans["policy.access.filter"]["attributes"]["decision_id"] == out["decision_ids"]["access.filter"]
+    assert spans["policy.routing"]["attributes"]["decision_id"] == out["decision_ids"]["routing"]
+    assert spans["policy.output"]["attributes"]["decision_id"] == out["decision_ids"]["output"]
+    by_id = {s["span_id"]: s for s in trace["spans"]}
+    assert by_id[spans["component.bm25"]["parent_id"]]["name"] == "pipeline.run"
+    assert "When should" not in json.dumps(trace)  # ids and sizes only, never the query or content
