@@ -53,10 +53,14 @@ def main(argv: list[str] | None = None) -> None:
 
     tok = _tokenizer(probe.info.tokenizer_file(), probe.max_length)
     lengths = [sum(e.attention_mask) for e in tok.encode_batch(texts)]  # batch is padded: count real tokens
-    print(f"model {probe.model} ({probe.info.model_id}), threads={probe.threads}, "
-          f"max_length={probe.max_length}, cpu_count={os.cpu_count()}")
-    print(f"{len(texts)} passages, tokens/passage mean {statistics.mean(lengths):.0f}, "
-          f"truncated {sum(n >= probe.max_length for n in lengths)}; model load {load_s:.2f}s")
+    print(
+        f"model {probe.model} ({probe.info.model_id}), threads={probe.threads}, "
+        f"max_length={probe.max_length}, cpu_count={os.cpu_count()}"
+    )
+    print(
+        f"{len(texts)} passages, tokens/passage mean {statistics.mean(lengths):.0f}, "
+        f"truncated {sum(n >= probe.max_length for n in lengths)}; model load {load_s:.2f}s"
+    )
     print(f"{'batch':>5}  {'seconds':>8}  {'texts/s':>8}  {'ms/text':>8}")
     for bs in args.batch_sizes:
         emb = OnnxEmbedder(batch_size=bs, max_length=args.max_length, threads=args.threads)

@@ -108,7 +108,9 @@ def _make_tracer(previous: Any) -> Any:
             self.inner = inner
 
         @contextlib.contextmanager
-        def trace(self, operation_name: str, tags: dict[str, Any] | None = None, parent_span: Any = None) -> Iterator[Any]:
+        def trace(
+            self, operation_name: str, tags: dict[str, Any] | None = None, parent_span: Any = None
+        ) -> Iterator[Any]:
             tags = tags or {}
             inner_cm = (
                 self.inner.trace(operation_name, tags=tags, parent_span=parent_span)

@@ -62,14 +62,16 @@ def extract_citations(answer: str, documents: Sequence[Any]) -> list[dict[str, A
         doc = documents[n - 1]
         meta = _meta(doc)
         chunk_id = _get(doc, "id")
-        out.append({
-            "n": n,
-            "doc_id": meta.get("doc_id") or chunk_id,
-            "chunk_id": chunk_id,
-            "source": meta.get("source"),
-            "title": meta.get("title"),
-            "score": _get(doc, "score"),
-        })
+        out.append(
+            {
+                "n": n,
+                "doc_id": meta.get("doc_id") or chunk_id,
+                "chunk_id": chunk_id,
+                "source": meta.get("source"),
+                "title": meta.get("title"),
+                "score": _get(doc, "score"),
+            }
+        )
     return out
 
 

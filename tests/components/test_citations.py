@@ -22,8 +22,7 @@ def test_numbers_forms() -> None:
 def test_extract_maps_to_documents_in_first_cited_order() -> None:
     cites = extract_citations("Second [2]. First and third [1, 3]. Again [2][1].", DOCS)
     assert [c["n"] for c in cites] == [2, 1, 3]
-    assert cites[0] == {"n": 2, "doc_id": "d2", "chunk_id": "c2", "source": "b.md", "title": None,
-                        "score": 1.0}
+    assert cites[0] == {"n": 2, "doc_id": "d2", "chunk_id": "c2", "source": "b.md", "title": None, "score": 1.0}
     assert cites[1]["doc_id"] == "d1" and cites[1]["source"] == "a.md" and cites[1]["score"] == 2.0
     assert cites[2]["doc_id"] == "c3"  # no meta.doc_id: the chunk id
 

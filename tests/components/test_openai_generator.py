@@ -33,13 +33,23 @@ class _FakeOpenAI(BaseHTTPRequestHandler):
             payload = json.dumps({"error": {"message": "boom", "type": "server_error"}}).encode()
             self.send_response(500 if type(self).fail else 404)
         else:
-            payload = json.dumps({
-                "id": "chatcmpl-test", "object": "chat.completion", "created": 1_700_000_000,
-                "model": body.get("model", "fake"),
-                "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                             "message": {"role": "assistant", "content": REPLY}}],
-                "usage": {"prompt_tokens": 42, "completion_tokens": 12, "total_tokens": 54},
-            }).encode()
+            payload = json.dumps(
+                {
+                    "id": "chatcmpl-test",
+                    "object": "chat.completion",
+                    "created": 1_700_000_000,
+                    "model": body.get("model", "fake"),
+                    "choices": [
+                        {
+                            "index": 0,
+                            "finish_reason": "stop",
+                            "logprobs": None,
+                            "message": {"role": "assistant", "content": REPLY},
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 42, "completion_tokens": 12, "total_tokens": 54},
+                }
+            ).encode()
             self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
@@ -65,8 +75,13 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 def test_round_trip_through_the_real_client(server: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAGCONF_TEST_KEY", "sk-test-123")
-    gen = OpenAICompatibleGenerator(model="tiny-model", base_url=server, api_key_env="RAGCONF_TEST_KEY",
-                                    generation_kwargs={"temperature": 0.0, "max_tokens": 64}, timeout=10)
+    gen = OpenAICompatibleGenerator(
+        model="tiny-model",
+        base_url=server,
+        api_key_env="RAGCONF_TEST_KEY",
+        generation_kwargs={"temperature": 0.0, "max_tokens": 64},
+        timeout=10,
+    )
     out = gen.run(prompt="What is the meal allowance?")
     assert out["replies"] == [REPLY]
     assert out["meta"][0]["model"] == "tiny-model" and out["meta"][0]["finish_reason"] == "stop"
@@ -82,8 +97,7 @@ def test_in_a_pipeline_with_the_default_prompt(server: str, monkeypatch: pytest.
     monkeypatch.setenv("OPENAI_API_KEY", "sk-other")
     p = Pipeline()
     p.add_component("prompt", PromptBuilder(template=DEFAULT_PROMPT_TEMPLATE))
-    p.add_component("llm", OpenAICompatibleGenerator(model="m", base_url=server,
-                                                     system_prompt="Be brief."))
+    p.add_component("llm", OpenAICompatibleGenerator(model="m", base_url=server, system_prompt="Be brief."))
     p.connect("prompt.prompt", "llm.prompt")
     docs = [Document(content="Employees travelling abroad receive a meal allowance of 40 EUR per day.")]
     res = p.run({"prompt": {"query": "Meal allowance?", "documents": docs}})
@@ -95,8 +109,7 @@ def test_in_a_pipeline_with_the_default_prompt(server: str, monkeypatch: pytest.
 
 def test_missing_env_var_is_a_clear_spec_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RAGCONF_MISSING_KEY", raising=False)
-    gen = OpenAICompatibleGenerator(model="m", base_url="http://127.0.0.1:9/v1",
-                                    api_key_env="RAGCONF_MISSING_KEY")
+    gen = OpenAICompatibleGenerator(model="m", base_url="http://127.0.0.1:9/v1", api_key_env="RAGCONF_MISSING_KEY")
     with pytest.raises(SpecError, match="RAGCONF_MISSING_KEY"):
         gen.warm_up()
     with pytest.raises(SpecError, match="RAGCONF_MISSING_KEY"):

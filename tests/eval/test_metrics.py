@@ -16,8 +16,13 @@ def reference(qrels: dict, run: dict) -> dict:
     q = [ir_measures.Qrel(a, b, r) for a, ds in qrels.items() for b, r in ds.items()]
     r = [ir_measures.ScoredDoc(a, b, s) for a, ds in run.items() for b, s in ds.items()]
     agg = ir_measures.calc_aggregate([nDCG @ 10, R @ 10, R @ 100, RR @ 10, AP], q, r)
-    return {"ndcg@10": agg[nDCG @ 10], "recall@10": agg[R @ 10], "recall@100": agg[R @ 100],
-            "mrr@10": agg[RR @ 10], "map": agg[AP]}
+    return {
+        "ndcg@10": agg[nDCG @ 10],
+        "recall@10": agg[R @ 10],
+        "recall@100": agg[R @ 100],
+        "mrr@10": agg[RR @ 10],
+        "map": agg[AP],
+    }
 
 
 @pytest.mark.parametrize("seed", range(25))

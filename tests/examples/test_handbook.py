@@ -21,7 +21,11 @@ def test_ingest_is_idempotent(handbook_dir: Path) -> None:
     proc = run_cli("ingest", "--json", cwd=handbook_dir, check=True)
     data = json.loads(proc.stdout)
     assert data["added"] == 0 and data["updated"] == 0 and data["deleted"] == 0
-    docs = [p for p in (Path(__file__).parents[2] / "examples/handbook/docs").rglob("*") if p.is_file() and not p.name.endswith(".meta.yaml")]
+    docs = [
+        p
+        for p in (Path(__file__).parents[2] / "examples/handbook/docs").rglob("*")
+        if p.is_file() and not p.name.endswith(".meta.yaml")
+    ]
     assert data["unchanged"] == len(docs) == 12
 
 
