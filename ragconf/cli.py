@@ -422,9 +422,15 @@ def runs_list(
     if as_json:
         _emit(rows)
         return
+    if not rows:
+        typer.echo("no runs yet in this experiment (ingest, ask and eval log runs when tracking is on)", err=True)
+    key_metrics = ("ndcg_10", "recall_100", "mrr_10", "leakage", "p95_ms", "total_ms", "chunks_total")
     for r in rows:
-        metrics = ", ".join(f"{k}={v:.4g}" for k, v in sorted((r.get("metrics") or {}).items())[:4])
-        typer.echo(f"{r['run_id']}  {r.get('kind', ''):7} {r.get('start_time', '')}  {metrics}")
+        m = r.get("metrics") or {}
+        shown = [k for k in key_metrics if k in m] or sorted(m)[:4]
+        metrics = ", ".join(f"{k}={m[k]:.4g}" for k in shown[:4])
+        child = f"  (child of {r['parent_run_id'][:8]})" if r.get("parent_run_id") else ""
+        typer.echo(f"{r['run_id']}  {r.get('kind', ''):7} {r.get('start_time', '')}  {metrics}{child}")
 
 
 @runs_app.command("compare")

@@ -20,6 +20,9 @@ class EvalResult:
     run_id: str | None = None
     user: str = ""
     queries: int = 0
+    # the scored run and the judgements it was scored against (authorised documents only), for re-scoring
+    run: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)
+    qrels: dict[str, dict[str, int]] = field(default_factory=dict, repr=False)
 
     @property
     def passed(self) -> bool:
@@ -175,7 +178,7 @@ def run_eval(rag: Any, *, user: str | None = None, tracker: Any = None, progress
         total_leak += leaked
     metrics["leakage"] = float(total_leak)
     results = check_gates(gates, metrics)
-    result = EvalResult(metrics, results, per_persona, None, uid, len(qids))
+    result = EvalResult(metrics, results, per_persona, None, uid, len(qids), run, visible_qrels)
     if tracker is not None:
         result.run_id = _track(rag, tracker, result, root)
     return result

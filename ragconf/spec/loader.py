@@ -140,7 +140,7 @@ def _explain_hydra_error(exc: Exception, overrides: list[str], dirs: list[Path])
             source=f"command-line override starting with '{key}='",
             valid=valid,
             got=parts[-1],
-            hint=f"use '+{key}=VALUE' to add a key where free-form mappings allow it (e.g. params)",
+            hint=None if valid else f"use '+{key}=VALUE' to add a key where free-form mappings allow it (e.g. params)",
         )
     m = re.search(r"Error parsing override '([^']+)'", msg)
     if m:
@@ -152,6 +152,26 @@ def _explain_hydra_error(exc: Exception, overrides: list[str], dirs: list[Path])
         )
     first = msg.strip().splitlines()[0] if msg.strip() else type(exc).__name__
     return SpecError(f"cannot compose the config: {first}", source=", ".join(str(d) for d in dirs))
+
+
+def _compose_adding_schema_keys(dirs: list[Path], overrides: list[str], config_name: str) -> Any:
+    """Compose; an override of a key the schema defines but the YAML leaves out (``eval.max_queries=10``) is
+    applied as an addition (``+eval.max_queries=10``) instead of failing Hydra's struct check."""
+    attempt = list(overrides)
+    for _ in range(len(overrides) + 1):
+        try:
+            return _compose(dirs[0], attempt, dirs, config_name)
+        except SpecError:
+            raise
+        except Exception as exc:  # Hydra raises several unrelated exception types for user mistakes
+            m = re.search(r"Could not override '([^']+)'", str(exc))
+            key = m.group(1) if m else None
+            model = _model_at(tuple(key.split("."))) if key else None
+            idx = next((i for i, o in enumerate(attempt) if o.startswith(f"{key}=")), None) if key else None
+            if key is None or model is None or key.split(".")[-1] not in model.model_fields or idx is None:
+                raise _explain_hydra_error(exc, overrides, dirs) from None
+            attempt[idx] = "+" + attempt[idx]
+    raise SpecError("cannot compose the config", source=", ".join(str(d) for d in dirs))
 
 
 def _explain_unknown_param(key: str, overrides: list[str], dirs: list[Path]) -> SpecError | None:
@@ -229,12 +249,7 @@ def load_config(
     dirs = _dirs_for(config_dir)
     if not dirs:
         raise SpecError("no config directory found", key="--config-dir", hint="pass --config-dir DIR")
-    try:
-        cfg = _compose(dirs[0], overrides, dirs, config_name)
-    except SpecError:
-        raise
-    except Exception as exc:  # Hydra raises several unrelated exception types for user mistakes
-        raise _explain_hydra_error(exc, overrides, dirs) from None
+    cfg = _compose_adding_schema_keys(dirs, overrides, config_name)
 
     choices = {k: str(v) for k, v in dict(cfg.hydra.runtime.choices).items() if not k.startswith("hydra")}
     with_hydra = cfg

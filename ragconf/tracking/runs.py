@@ -34,6 +34,7 @@ def list_runs(cfg: Mapping[str, Any], max_results: int = 50) -> list[dict[str, A
             "kind": r.data.tags.get("ragconf.kind", ""),
             "start_time": dt.datetime.fromtimestamp(r.info.start_time / 1000).isoformat(timespec="seconds"),
             "status": r.info.status,
+            "parent_run_id": r.data.tags.get("mlflow.parentRunId"),
             "metrics": dict(r.data.metrics),
             "tags": {k: v for k, v in r.data.tags.items() if not k.startswith("mlflow.")},
         }
