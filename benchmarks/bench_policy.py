@@ -72,6 +72,41 @@ def main() -> None:
             f"check of 100 candidates, {label}: p50={statistics.median(check):.2f}ms "
             f"p95={pct(check, 0.95):.2f}ms ({statistics.median(check) * 10:.0f}us per document)"
         )
+    share_of_ask()
+
+
+def share_of_ask(n: int = 100) -> None:
+    """Policy time inside real `ask` calls on the handbook example, from each ask's trace spans."""
+    import os
+    import tempfile
+
+    from ragconf.runtime import RagApp
+
+    policy_spans = ("policy.access.filter", "component.access_guard", "policy.routing", "policy.output")
+    questions = ["When should we fail over the primary database?", "How do I claim expenses?", "wifi password"]
+    cwd = os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chdir(tmp)
+        try:
+            rag = RagApp.from_overrides([])
+            rag.ingest()
+            for q in questions:  # warm: models, sessions, compiled plans
+                rag.ask(q, "alice")
+            pol, tot = [], []
+            for i in range(n):
+                ans = rag.ask(questions[i % len(questions)], "alice")
+                by = {s["name"]: s["duration_ms"] for s in ans.trace}
+                pol.append(sum(by.get(k, 0.0) for k in policy_spans))
+                tot.append(by["ask"])
+            rag.close()
+        finally:
+            os.chdir(cwd)
+    share = sum(pol) / sum(tot)
+    print(
+        f"handbook ask (hybrid, extractive), {n} asks: policy p50={statistics.median(pol):.2f}ms "
+        f"p95={pct(pol, 0.95):.2f}ms of ask p50={statistics.median(tot):.1f}ms p95={pct(tot, 0.95):.1f}ms "
+        f"-> policy share {share:.1%} of total ask time"
+    )
 
 
 if __name__ == "__main__":
