@@ -127,6 +127,7 @@ def run_eval(rag: Any, *, user: str | None = None, tracker: Any = None, progress
     latencies: list[float] = []
     overlap_f1: list[float] = []
     cite_prec: list[float] = []
+    tokens: dict[str, int] = {"prompt_tokens": 0, "completion_tokens": 0}
     for i, qid in enumerate(qids):
         t0 = time.perf_counter()
         docs, _, _ = rag.retrieve(queries[qid], principal, top_k=spec.top_k)
@@ -140,6 +141,8 @@ def run_eval(rag: Any, *, user: str | None = None, tracker: Any = None, progress
         run[qid] = scores
         if qid in references:
             ans = rag.ask(queries[qid], uid)
+            for k, v in ans.usage.items():
+                tokens[k] = tokens.get(k, 0) + v
             overlap_f1.append(reference_overlap(ans.answer, references[qid])["f1"])
             cite_prec.append(citation_precision(ans.answer, [d["content"] for d in ans.documents]))
         if progress is not None:
@@ -156,6 +159,7 @@ def run_eval(rag: Any, *, user: str | None = None, tracker: Any = None, progress
     metrics["embedding_calls"] = (
         float(len(qids)) if any(c.type == "text_embedder" for c in rag.spec.pipeline.components.values()) else 0.0
     )
+    metrics.update({k: float(v) for k, v in tokens.items()})  # cost counters (0 for the extractive generator)
     if overlap_f1:
         metrics["answer_f1"] = sum(overlap_f1) / len(overlap_f1)
         metrics["citation_precision"] = sum(cite_prec) / len(cite_prec)

@@ -37,6 +37,7 @@ class Answer:
     redacted: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
     run_id: str | None = None
+    usage: dict[str, int] = field(default_factory=dict)  # generator tokens: prompt_tokens, completion_tokens
     trace: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     def to_dict(self, *, include_trace: bool = False) -> dict[str, Any]:
@@ -57,6 +58,20 @@ def _doc_record(doc: Any) -> dict[str, Any]:
         "content": doc.content,
         "meta": meta,
     }
+
+
+def _token_usage(outputs: Any) -> dict[str, int]:
+    """Sum the token counts generators report in their ``meta`` (OpenAI and llama.cpp ``usage``)."""
+    totals = {"prompt_tokens": 0, "completion_tokens": 0}
+    for comp_out in (outputs or {}).values():
+        metas = comp_out.get("meta") if isinstance(comp_out, dict) else None
+        for m in metas if isinstance(metas, list) else []:
+            usage = m.get("usage") if isinstance(m, dict) else None
+            if isinstance(usage, dict):
+                for k in totals:
+                    if isinstance(usage.get(k), int):
+                        totals[k] += usage[k]
+    return totals
 
 
 def _reply_text(reply: Any) -> str:
@@ -228,8 +243,9 @@ class RagApp:
         passages = docs[: max(0, int(out_rules.max_passages))] if out_rules.max_passages else docs
         t1 = time.perf_counter()
         with spans.span("generation", profile=route.profile, passages=len(passages)):
-            replies, _ = self.generation(route.profile).run({"query": question, "documents": passages})
+            replies, gen_out = self.generation(route.profile).run({"query": question, "documents": passages})
         timings["generation_ms"] = (time.perf_counter() - t1) * 1000
+        usage = _token_usage(gen_out)
         text = _reply_text(replies)
         citations = extract_citations(text, passages)
         redacted: list[str] = []
@@ -254,6 +270,7 @@ class RagApp:
             route.reason,
             redacted,
             timings,
+            usage=usage,
         )
 
     @staticmethod

@@ -122,3 +122,38 @@ def test_server_error_is_a_ragconf_error(server: str) -> None:
     with pytest.raises(RagconfError, match="failed"):
         gen.run(prompt="hi")
     assert _FakeOpenAI.requests[-1]["auth"] == "Bearer unused"
+
+
+def test_selected_by_config_end_to_end_with_routing_and_token_counts(
+    server: str, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """generator=openai through RagApp: the prompt holds only documents the user may see, the answer's
+    citations resolve, token usage is counted; confidential context is never sent to the remote model."""
+    from ragconf.runtime import RagApp
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAGCONF_TEST_KEY", "sk-test")
+    rag = RagApp.from_overrides(
+        [
+            "generator=openai",
+            f"generator.components.llm.params.base_url={server}",
+            "generator.components.llm.params.api_key_env=RAGCONF_TEST_KEY",
+        ]
+    )
+    try:
+        rag.ingest()
+        ans = rag.ask("What is the meal allowance when travelling abroad?", "carol")
+        assert not ans.refused, ans.reason
+        assert ans.route == "openai" and ans.answer.startswith("The meal allowance")
+        assert ans.usage == {"prompt_tokens": 42, "completion_tokens": 12}
+        assert [c["n"] for c in ans.citations] == [1]
+        sent = json.dumps(_FakeOpenAI.requests[-1]["body"])
+        assert all(d["meta"].get("classification", "public") == "public" for d in ans.documents)
+        assert "KESTREL-4412" not in sent
+
+        n_requests = len(_FakeOpenAI.requests)
+        ans = rag.ask("When should we fail over the primary database? What is the failover token?", "alice")
+        assert len(_FakeOpenAI.requests) == n_requests  # confidential context never left the machine
+        assert ans.refused and ans.reason
+    finally:
+        rag.close()
