@@ -44,6 +44,10 @@ def _err(msg: str) -> None:
     typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
 
 
+def _warn(msg: str) -> None:
+    typer.secho(f"warning: {msg}", fg=typer.colors.YELLOW, err=True)
+
+
 def handle_errors(fn: F) -> F:
     """Turn ragconf errors into one message and an exit code; Ctrl-C into exit 130."""
 
@@ -212,6 +216,9 @@ def ask(
     try:
         answer = rag.ask(question, user)
         answer.run_id = _track_ask(rag, answer)
+        if not answer.documents and rag.store.count_documents() == 0:
+            where = rag.spec.store.model_dump().get("path") or rag.spec.store.type
+            _warn(f"the store at {where} is empty: run `ragconf ingest` first (with the same overrides)")
     finally:
         rag.close()
     if as_json:

@@ -120,3 +120,9 @@ def test_ask_run_is_traced_per_component(handbook_dir: Path, monkeypatch) -> Non
     by_id = {s["span_id"]: s for s in trace["spans"]}
     assert by_id[spans["component.bm25"]["parent_id"]]["name"] == "pipeline.run"
     assert "When should" not in json.dumps(trace)  # ids and sizes only, never the query or content
+
+
+def test_ask_before_ingest_says_what_to_do(tmp_path: Path) -> None:
+    proc = run_cli("ask", "hello", "--user", "alice", cwd=tmp_path)
+    assert proc.returncode == 0
+    assert "is empty: run `ragconf ingest` first" in proc.stderr
