@@ -178,7 +178,7 @@ def _plain_progress(done: int, total: int) -> None:
 def _summary_dict(summary: Any) -> dict[str, Any]:
     from dataclasses import asdict, is_dataclass
 
-    data = asdict(summary) if is_dataclass(summary) else dict(summary)
+    data = asdict(summary) if is_dataclass(summary) and not isinstance(summary, type) else dict(summary)
     data["errors"] = [str(e) for e in data.get("errors") or []]
     return data
 

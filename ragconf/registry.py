@@ -42,7 +42,7 @@ class ComponentEntry:
                 f"component '{self.alias}' needs a package that is not installed ({exc.name or exc})", hint=hint
             ) from None
         try:
-            return getattr(module, attr)  # type: ignore[no-any-return]
+            return getattr(module, attr)
         except AttributeError:
             raise RegistryError(f"component '{self.alias}': {self.target} not found") from None
 

@@ -5,4 +5,6 @@ cd "$(dirname "$0")/.."
 [ -n "${VIRTUAL_ENV:-}" ] || . .venv/bin/activate
 export HF_HUB_OFFLINE=1 HAYSTACK_TELEMETRY_ENABLED=False
 ruff check ragconf tests benchmarks
+ruff format --check ragconf tests benchmarks
+mypy ragconf
 python -m pytest -q -p no:cacheprovider

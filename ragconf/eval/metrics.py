@@ -19,7 +19,7 @@ def _ranked(docs: dict[str, float]) -> list[str]:
 
 
 class _desc(str):  # noqa: N801 - sort key: reverses string order
-    def __lt__(self, other: str) -> bool:  # type: ignore[override]
+    def __lt__(self, other: str) -> bool:
         return str.__gt__(self, other)
 
 

@@ -109,9 +109,8 @@ def _read_html(path: Path) -> tuple[str, str, dict[str, Any]]:
     for node in body.css("h1, h2, h3, h4, h5, h6, p, li, pre, td, blockquote") if body else []:
         text = node.text(separator=" ", strip=True)
         if text:
-            blocks.append(
-                ("#" * int(node.tag[1]) + " " + text) if node.tag[0] == "h" and node.tag[1:].isdigit() else text
-            )
+            tag = node.tag or ""
+            blocks.append(("#" * int(tag[1]) + " " + text) if tag[:1] == "h" and tag[1:].isdigit() else text)
     text = "\n\n".join(blocks) if blocks else (body.text(separator="\n") if body else "")
     return text, title, meta
 
@@ -121,7 +120,7 @@ def _read_pdf(path: Path) -> tuple[str, str, dict[str, Any]]:
 
     reader = PdfReader(str(path))
     pages = [(p.extract_text() or "") for p in reader.pages]
-    info = reader.metadata or {}
+    info: Any = reader.metadata or {}
     title = str(info.get("/Title") or "") or path.stem
     return "\n\n".join(pages), title, {"pages": len(pages)}
 

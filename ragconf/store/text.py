@@ -24,7 +24,7 @@ STOPWORDS = frozenset(
 
 
 @lru_cache(maxsize=1)
-def _stemmer():  # type: ignore[no-untyped-def]
+def _stemmer():  # noqa: ANN202
     import Stemmer
 
     return Stemmer.Stemmer("english")
