@@ -245,9 +245,14 @@ def _track_ask(rag: Any, answer: Any) -> str | None:
             run.log_metrics({k: v for k, v in answer.timings_ms.items()})
             if answer.trace:
                 run.log_trace("ask", answer.trace)
+            question = answer.question
+            if answer.redact_logs:
+                from ragconf.policy.redact import redact
+
+                question = redact(question)[0]
             run.log_dict(
                 {
-                    "question": answer.question,
+                    "question": question,
                     "user": answer.user,
                     "documents": [d["chunk_id"] for d in answer.documents],
                     "citations": answer.citations,

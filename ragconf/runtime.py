@@ -34,10 +34,11 @@ class Answer:
     route: str | None = None
     refused: bool = False
     reason: str = ""
-    redacted: list[str] = field(default_factory=list)
+    redacted: list[str] = field(default_factory=list)  # PII entity types masked in the answer
     timings_ms: dict[str, float] = field(default_factory=dict)
     run_id: str | None = None
     usage: dict[str, int] = field(default_factory=dict)  # generator tokens: prompt_tokens, completion_tokens
+    redact_logs: bool = False  # the output policy requires PII redaction of answers and logs
     trace: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     def to_dict(self, *, include_trace: bool = False) -> dict[str, Any]:
@@ -239,6 +240,7 @@ class RagApp:
                 True,
                 route.reason,
                 timings_ms=timings,
+                redact_logs=bool(out_rules.redact_pii),
             )
         passages = docs[: max(0, int(out_rules.max_passages))] if out_rules.max_passages else docs
         t1 = time.perf_counter()
@@ -271,6 +273,7 @@ class RagApp:
             redacted,
             timings,
             usage=usage,
+            redact_logs=bool(out_rules.redact_pii),
         )
 
     @staticmethod

@@ -126,3 +126,19 @@ def test_ask_before_ingest_says_what_to_do(tmp_path: Path) -> None:
     proc = run_cli("ask", "hello", "--user", "alice", cwd=tmp_path)
     assert proc.returncode == 0
     assert "is empty: run `ragconf ingest` first" in proc.stderr
+
+
+def test_pii_is_redacted_from_answer_logs_when_the_output_policy_says_so(handbook_dir: Path, monkeypatch) -> None:
+    """Confidential context -> the output policy requires redaction of answers *and logs*: the question
+    logged with the ask run has its e-mail address masked (the answer JSON still echoes the user's own text)."""
+    from ragconf.runtime import RagApp
+    from ragconf.tracking import load_run_artifact
+
+    q = "When should we fail over the primary database? Reply to jane.doe@example.com"
+    out = ask(handbook_dir, q, "alice")
+    assert any(d["meta"].get("classification") == "confidential" for d in out["documents"])
+    monkeypatch.chdir(handbook_dir)
+    rag = RagApp.from_overrides()
+    cfg = {**rag.spec.tracking.model_dump(), "workdir": str(rag.workdir)}
+    logged = json.loads(load_run_artifact(cfg, out["run_id"], "ask.json") or "{}")
+    assert "jane.doe@example.com" not in logged["question"] and "<EMAIL_ADDRESS>" in logged["question"]
