@@ -334,13 +334,20 @@ def resolve_gguf(model: str) -> Path:
             if target.is_file() and target.stat().st_size > 0:
                 return target
             target.parent.mkdir(parents=True, exist_ok=True)
+            # join into a temporary file (the package checks its sha256) and rename: a crash mid-way never
+            # leaves a truncated model at the cached path
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
             try:
-                out = assemble(str(target))
-            except TypeError:
-                out = assemble()
-            p = Path(out) if out else target
-            if p.is_file():
-                return p
+                try:
+                    out = assemble(str(tmp), overwrite=True)
+                except TypeError:
+                    out = assemble(str(tmp))
+                os.replace(Path(out) if out else tmp, target)
+            except (OSError, ValueError) as exc:
+                raise SpecError(f"cannot assemble model '{model}' from {dist}: {exc}", key="params.model") from None
+            finally:
+                tmp.unlink(missing_ok=True)
+            return target
         for attr in ("model_path", "get_model_path", "gguf_path", "get_gguf_path", "path"):
             fn = getattr(mod, attr, None)
             if callable(fn):
