@@ -72,6 +72,13 @@ def _split_ref(ref: str, key: str, source: str, components: dict[str, Any]) -> t
     return comp, sock
 
 
+def _check_socket(comp: str, sock: str, side: str, key: str, source: str, components: dict[str, Any]) -> None:
+    """``sock`` must be an ``side`` ("input"/"output") socket of component ``comp``."""
+    sockets = (input_sockets if side == "input" else output_sockets)(components[comp])
+    if sock not in sockets:
+        raise CompileError(f"'{comp}' has no {side} '{sock}'", key=key, source=source, valid=sockets, got=sock)
+
+
 def _resolve_param(value: Any) -> Any:
     if value == "@default_prompt":
         from ragconf.components.generators import DEFAULT_PROMPT_TEMPLATE
@@ -166,15 +173,8 @@ def build_stage(stage: StageSpec, prefix: str, ctx: BuildContext, *, guard: bool
         source = ctx.source_of(key)
         s_comp, s_sock = _split_ref(conn.sender, f"{key}.sender", source, instances)
         r_comp, r_sock = _split_ref(conn.receiver, f"{key}.receiver", source, instances)
-        outs, ins = output_sockets(instances[s_comp]), input_sockets(instances[r_comp])
-        if s_sock not in outs:
-            raise CompileError(
-                f"'{s_comp}' has no output '{s_sock}'", key=f"{key}.sender", source=source, valid=outs, got=s_sock
-            )
-        if r_sock not in ins:
-            raise CompileError(
-                f"'{r_comp}' has no input '{r_sock}'", key=f"{key}.receiver", source=source, valid=ins, got=r_sock
-            )
+        _check_socket(s_comp, s_sock, "output", f"{key}.sender", source, instances)
+        _check_socket(r_comp, r_sock, "input", f"{key}.receiver", source, instances)
         if r_comp in retrievers and r_sock == "filters":
             raise CompileError(
                 "retriever filters come from the access policy and cannot be connected",
@@ -191,26 +191,12 @@ def build_stage(stage: StageSpec, prefix: str, ctx: BuildContext, *, guard: bool
         for j, ref in enumerate(targets):
             key = f"{prefix}.inputs.{in_name}[{j}]"
             comp, sock = _split_ref(ref, key, ctx.source_of(key), instances)
-            if sock not in input_sockets(instances[comp]):
-                raise CompileError(
-                    f"'{comp}' has no input '{sock}'",
-                    key=key,
-                    source=ctx.source_of(key),
-                    valid=input_sockets(instances[comp]),
-                    got=sock,
-                )
+            _check_socket(comp, sock, "input", key, ctx.source_of(key), instances)
             inputs.setdefault(in_name, []).append((comp, sock))
 
     okey = f"{prefix}.output"
     out_comp, out_sock = _split_ref(stage.output, okey, ctx.source_of(okey), instances)
-    if out_sock not in output_sockets(instances[out_comp]):
-        raise CompileError(
-            f"'{out_comp}' has no output '{out_sock}'",
-            key=okey,
-            source=ctx.source_of(okey),
-            valid=output_sockets(instances[out_comp]),
-            got=out_sock,
-        )
+    _check_socket(out_comp, out_sock, "output", okey, ctx.source_of(okey), instances)
 
     for name in retrievers:
         if "filters" not in input_sockets(instances[name]):
