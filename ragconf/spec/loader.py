@@ -102,7 +102,7 @@ def _dirs_for(config_dir: str | Path | None) -> list[Path]:
     return dirs
 
 
-def _explain_hydra_error(exc: Exception, overrides: list[str], dirs: list[Path]) -> SpecError:
+def _explain_hydra_error(exc: Exception, overrides: list[str], dirs: list[Path], config_name: str) -> SpecError:
     msg = str(exc)
     # Unknown option of a group, e.g. "Could not find 'store/sqlit'"
     m = re.search(r"Could not find '([\w\-/]+)/([\w\-.]+)'", msg) or re.search(
@@ -122,18 +122,12 @@ def _explain_hydra_error(exc: Exception, overrides: list[str], dirs: list[Path])
         key = m.group(1)
         missing = re.search(r"Key '([^']+)' is not in struct", msg)
         parts = tuple(key.split("."))
-        param_error = _explain_unknown_param(key, overrides, dirs)
+        param_error = _explain_unknown_param(key, overrides, dirs, config_name)
         if param_error is not None:
             return param_error
         model = _model_at(parts)
         valid = list(model.model_fields) if model is not None else None
-        if valid and parts[-1] in valid:
-            return SpecError(
-                f"'{key}' is a valid key but this config does not set it",
-                key=key,
-                source=f"command-line override starting with '{key}='",
-                hint=f"add it with '+{key}=VALUE'",
-            )
+        # (a valid schema key the YAML leaves out never gets here: _compose_adding_schema_keys adds it)
         return SpecError(
             f"no such key '{key}'" + (f" (unknown key '{missing.group(1)}')" if missing else ""),
             key=key,
@@ -169,12 +163,12 @@ def _compose_adding_schema_keys(dirs: list[Path], overrides: list[str], config_n
             model = _model_at(tuple(key.split("."))) if key else None
             idx = next((i for i, o in enumerate(attempt) if o.startswith(f"{key}=")), None) if key else None
             if key is None or model is None or key.split(".")[-1] not in model.model_fields or idx is None:
-                raise _explain_hydra_error(exc, overrides, dirs) from None
+                raise _explain_hydra_error(exc, attempt, dirs, config_name) from None
             attempt[idx] = "+" + attempt[idx]
     raise SpecError("cannot compose the config", source=", ".join(str(d) for d in dirs))
 
 
-def _explain_unknown_param(key: str, overrides: list[str], dirs: list[Path]) -> SpecError | None:
+def _explain_unknown_param(key: str, overrides: list[str], dirs: list[Path], config_name: str) -> SpecError | None:
     """``stage.components.NAME.params.P=V`` where the config does not set P: name the component's real
     parameters (from the registry) so a typo gets a did-you-mean instead of a generic 'not in struct'."""
     m = re.fullmatch(r"(\w+)\.components\.([\w\-]+)\.params\.(\w+)", key)
@@ -183,7 +177,7 @@ def _explain_unknown_param(key: str, overrides: list[str], dirs: list[Path]) -> 
     stage, name, param = m.groups()
     rest = [o for o in overrides if not o.lstrip("+~").startswith(key + "=")]
     try:
-        cfg = _compose(dirs[0], rest, dirs, "config")
+        cfg = _compose(dirs[0], rest, dirs, config_name)
         ctype = str(cfg[stage]["components"][name]["type"])
     except Exception:
         return None
