@@ -119,7 +119,7 @@ def _make_tracer(previous: Any) -> Any:
             )
             with inner_cm as inner_span:
                 if _TRACE.get() is None:
-                    yield inner_span if inner_span is not None else _NULL
+                    yield inner_span if inner_span is not None else _null_span()
                     return
                 if operation_name == "haystack.component.run":
                     name = f"component.{tags.get('haystack.component.name', '?')}"
@@ -139,24 +139,10 @@ def _make_tracer(previous: Any) -> Any:
     return SpanRecorder(previous)
 
 
-class _NullSpan:
-    def set_tag(self, key: str, value: Any) -> None:
-        pass
+def _null_span() -> Any:
+    from haystack.tracing.tracer import NullSpan
 
-    def set_tags(self, tags: dict[str, Any]) -> None:
-        pass
-
-    def set_content_tag(self, key: str, value: Any) -> None:
-        pass
-
-    def raw_span(self) -> Any:
-        return self
-
-    def get_correlation_data_for_logs(self) -> dict[str, Any]:
-        return {}
-
-
-_NULL = _NullSpan()
+    return NullSpan()
 
 
 def install() -> None:
@@ -193,7 +179,7 @@ def collect(name: str, **attributes: Any) -> Iterator[list[dict[str, Any]]]:
 def span(name: str, **attributes: Any) -> Iterator[Any]:
     """A ragconf step as a child span of the current one (no-op outside :func:`collect`)."""
     if _TRACE.get() is None:
-        yield _NULL
+        yield _null_span()
         return
     with _open(name, attributes) as s:
         yield s
