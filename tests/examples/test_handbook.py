@@ -17,6 +17,20 @@ def ask(work: Path, question: str, user: str, *extra: str) -> dict:
     return json.loads(proc.stdout)
 
 
+def run_artifact(work: Path, run_id: str, name: str, monkeypatch) -> dict:  # type: ignore[no-untyped-def]
+    """A JSON artifact of a tracked run in ``work``'s local MLflow store."""
+    from ragconf.runtime import RagApp
+    from ragconf.tracking import load_run_artifact
+
+    monkeypatch.chdir(work)
+    rag = RagApp.from_overrides()
+    try:
+        cfg = {**rag.spec.tracking.model_dump(), "workdir": str(rag.workdir)}
+        return json.loads(load_run_artifact(cfg, run_id, name) or "{}")
+    finally:
+        rag.close()
+
+
 def test_ingest_is_idempotent(handbook_dir: Path) -> None:
     proc = run_cli("ingest", "--json", cwd=handbook_dir, check=True)
     data = json.loads(proc.stdout)
@@ -99,15 +113,9 @@ def test_config_mistakes_exit_2_without_traceback(handbook_dir: Path) -> None:
 def test_ask_run_is_traced_per_component(handbook_dir: Path, monkeypatch) -> None:
     """The tracked ask run carries a trace: one span per pipeline component with its latency and the
     document ids it returned, and the policy steps with the same decision ids the answer reports."""
-    from ragconf.runtime import RagApp
-    from ragconf.tracking import load_run_artifact
-
     out = ask(handbook_dir, "When should we fail over the primary database?", "alice")
     assert out["run_id"]
-    monkeypatch.chdir(handbook_dir)
-    rag = RagApp.from_overrides()
-    cfg = {**rag.spec.tracking.model_dump(), "workdir": str(rag.workdir)}
-    trace = json.loads(load_run_artifact(cfg, out["run_id"], "trace.json") or "{}")
+    trace = run_artifact(handbook_dir, out["run_id"], "trace.json", monkeypatch)
     spans = {s["name"]: s for s in trace["spans"]}
     for name in ("component.bm25", "component.dense", "component.fuse", "component.access_guard", "component.answer"):
         assert spans[name]["duration_ms"] >= 0 and spans[name]["end_ns"] >= spans[name]["start_ns"]
@@ -131,14 +139,8 @@ def test_ask_before_ingest_says_what_to_do(tmp_path: Path) -> None:
 def test_pii_is_redacted_from_answer_logs_when_the_output_policy_says_so(handbook_dir: Path, monkeypatch) -> None:
     """Confidential context -> the output policy requires redaction of answers *and logs*: the question
     logged with the ask run has its e-mail address masked (the answer JSON still echoes the user's own text)."""
-    from ragconf.runtime import RagApp
-    from ragconf.tracking import load_run_artifact
-
     q = "When should we fail over the primary database? Reply to jane.doe@example.com"
     out = ask(handbook_dir, q, "alice")
     assert any(d["meta"].get("classification") == "confidential" for d in out["documents"])
-    monkeypatch.chdir(handbook_dir)
-    rag = RagApp.from_overrides()
-    cfg = {**rag.spec.tracking.model_dump(), "workdir": str(rag.workdir)}
-    logged = json.loads(load_run_artifact(cfg, out["run_id"], "ask.json") or "{}")
+    logged = run_artifact(handbook_dir, out["run_id"], "ask.json", monkeypatch)
     assert "jane.doe@example.com" not in logged["question"] and "<EMAIL_ADDRESS>" in logged["question"]
