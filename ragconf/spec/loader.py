@@ -102,6 +102,29 @@ def _dirs_for(config_dir: str | Path | None) -> list[Path]:
     return dirs
 
 
+#: Most YAML files scanned in one user config folder (a folder with more is not a config folder).
+MAX_CONFIG_FILES = 2000
+
+
+def _check_yaml_files(dirs: list[Path]) -> None:
+    """Refuse alias bombs in user config folders before Hydra/OmegaConf expands them (they would hang or exhaust
+    memory). Syntax errors are left to Hydra, which reports them only for the files a config actually uses."""
+    from ragconf import yamlsafe
+
+    for d in dirs:
+        if d == BUILTIN_CONFIG_DIR:
+            continue
+        files = sorted(d.rglob("*.yaml"))
+        if len(files) > MAX_CONFIG_FILES:
+            raise SpecError(f"config directory '{d}' holds {len(files)} YAML files (at most {MAX_CONFIG_FILES})")
+        for f in files:
+            try:
+                text = f.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                continue  # reported by _compose when the config uses the file
+            yamlsafe.check(text, str(f), syntax=False)
+
+
 def _explain_hydra_error(exc: Exception, overrides: list[str], dirs: list[Path], config_name: str) -> SpecError:
     msg = str(exc)
     # Unknown option of a group, e.g. "Could not find 'store/sqlit'"
@@ -243,6 +266,7 @@ def load_config(
     dirs = _dirs_for(config_dir)
     if not dirs:
         raise SpecError("no config directory found", key="--config-dir", hint="pass --config-dir DIR")
+    _check_yaml_files(dirs)
     cfg = _compose_adding_schema_keys(dirs, overrides, config_name)
 
     choices = {k: str(v) for k, v in dict(cfg.hydra.runtime.choices).items() if not k.startswith("hydra")}
