@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ragconf.errors import CompileError, RagconfError
+from ragconf.errors import CompileError, RagconfError, StoreError
 from ragconf.registry import Registry, default_registry
 from ragconf.spec.models import EmbedderSpec, StageSpec
 
@@ -51,8 +51,54 @@ class BuiltStage:
         for comp, kw in (extra or {}).items():
             data.setdefault(comp, {}).update(kw)
         out_comp, out_sock = self.output
-        result = self.pipeline.run(data, include_outputs_from={out_comp})
+        from haystack.core.errors import PipelineError, PipelineRuntimeError
+
+        try:
+            # no snapshot callback writing files: a failed run's snapshot holds pre-guard candidates
+            result = self.pipeline.run(data, include_outputs_from={out_comp}, snapshot_callback=_drop_snapshot)
+        except RagconfError:
+            raise
+        except (PipelineRuntimeError, PipelineError) as exc:
+            err = self._explain(exc)
+            if err.__traceback__ is not None:  # the component's own error, re-raised as itself
+                raise err from None
+            raise err from exc
         return result.get(out_comp, {}).get(out_sock), result
+
+    def _explain(self, exc: BaseException) -> RagconfError:
+        """A component's own RagconfError (Haystack wraps it in PipelineRuntimeError) surfaces as itself; any
+        other failure becomes one line naming the stage and the component (a StoreError for retrievers)."""
+        cause: BaseException = exc
+        component = getattr(exc, "component_name", None)
+        seen = {id(exc)}
+        while True:
+            if isinstance(cause, RagconfError):
+                return cause
+            component = component or getattr(cause, "component_name", None)
+            nxt = cause.__cause__
+            if nxt is None or id(nxt) in seen:
+                break
+            seen.add(id(nxt))
+            cause = nxt
+        root = cause if cause is not exc else None
+        if root is None:  # a pipeline problem, not a component's: Haystack's message without its preamble
+            detail = _one_line(str(exc).split("Error:", 1)[-1])
+        else:
+            detail = f"{type(root).__name__}: {_one_line(str(root))}" if str(root).strip() else type(root).__name__
+        where = f"component '{component}' of stage '{self.name}'" if component else f"stage '{self.name}'"
+        cls: type[RagconfError] = StoreError if component in self.retrievers else RagconfError
+        err = cls(f"{where} failed: {detail}")
+        err.component = component  # type: ignore[attr-defined]
+        return err
+
+
+def _drop_snapshot(snapshot: Any) -> None:
+    return None
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def input_sockets(instance: Any) -> dict[str, Any]:

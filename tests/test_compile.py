@@ -118,3 +118,60 @@ def test_missing_optional_dependency_gives_install_hint() -> None:
     reg = Registry([ComponentEntry("x", "no_such_pkg_ragconf.mod:Thing", extra="llama")], load_plugins=False)
     with pytest.raises(RegistryError, match=r"pip install 'ragconf\[llama\]'"):
         reg.get("x").load()
+
+
+# ----- errors raised inside components (Haystack wraps them in PipelineRuntimeError) ------------------------------
+def _failing_stage(exc: BaseException, *, retriever: bool = False) -> Any:
+    from haystack import Document, Pipeline, component
+
+    from ragconf.compile import BuiltStage
+
+    @component
+    class Boom:
+        @component.output_types(documents=list[Document])
+        def run(self, documents: list[Document]) -> dict[str, Any]:
+            raise exc
+
+    pipe = Pipeline()
+    pipe.add_component("boom", Boom())
+    return BuiltStage(
+        "t", pipe, {"documents": [("boom", "documents")]}, ("boom", "documents"), ["boom"] if retriever else [], False
+    )
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        CompileError("bad thing", key="pipeline.components.boom"),
+        __import__("ragconf.errors", fromlist=["PolicyError"]).PolicyError("policy failed to evaluate"),
+        __import__("ragconf.errors", fromlist=["StoreError"]).StoreError("store is corrupt"),
+    ],
+)
+def test_ragconf_errors_inside_components_surface_as_themselves(exc: Exception) -> None:
+    with pytest.raises(type(exc)) as info:
+        _failing_stage(exc).run({"documents": []})
+    assert info.value is exc
+    assert info.value.exit_code == exc.exit_code  # type: ignore[attr-defined]
+
+
+def test_other_component_errors_become_one_line_naming_the_component() -> None:
+    from ragconf.errors import RagconfError, StoreError
+
+    with pytest.raises(RagconfError) as info:
+        _failing_stage(ValueError("first line\nsecond line")).run({"documents": []})
+    assert type(info.value) is RagconfError and info.value.exit_code == 1
+    assert str(info.value) == "component 'boom' of stage 't' failed: ValueError: first line second line"
+    with pytest.raises(StoreError, match="component 'boom' of stage 't' failed: OSError: disk I/O error"):
+        _failing_stage(OSError("disk I/O error"), retriever=True).run({"documents": []})
+
+
+def test_component_error_writes_no_pipeline_snapshot(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a snapshot of a failed run holds its inputs (pre-guard candidates): never written, even when enabled
+    monkeypatch.setenv("HAYSTACK_PIPELINE_SNAPSHOT_SAVE_ENABLED", "true")
+    monkeypatch.setenv("HOME", str(tmp_path))  # Haystack saves to ~/.haystack/pipeline_snapshot
+    monkeypatch.chdir(tmp_path)
+    from ragconf.errors import RagconfError
+
+    with pytest.raises(RagconfError):
+        _failing_stage(KeyError("x")).run({"documents": []})
+    assert list(tmp_path.rglob("*.json")) == []
