@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import click
 import typer
 
 from ragconf.errors import RagconfError
@@ -56,11 +57,29 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except RagconfError as exc:
+            if os.environ.get("RAGCONF_DEBUG"):
+                import traceback
+
+                traceback.print_exc()
             _err(str(exc))
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             _err("interrupted; everything committed so far is kept, re-run to continue")
             raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, click.ClickException):
+            raise  # click prints these itself
+        except Exception as exc:  # a bug, not a user mistake: one line, the traceback on request
+            if os.environ.get("RAGCONF_DEBUG"):
+                import traceback
+
+                traceback.print_exc()
+            detail = " ".join(str(exc).split())[:500]
+            _err(
+                f"internal error: {type(exc).__name__}: {detail} (set RAGCONF_DEBUG=1 for a traceback)"
+                if detail
+                else f"internal error: {type(exc).__name__} (set RAGCONF_DEBUG=1 for a traceback)"
+            )
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 
