@@ -6,7 +6,8 @@ A :class:`SpanRecorder` is installed as Haystack's tracer once per process. It r
 context-variable lookup per component. Any tracer that was enabled before (OpenTelemetry, Datadog, ...) keeps
 receiving every span: the recorder wraps it.
 
-Only ids and sizes are recorded, never document text or queries, so traces are safe to log.
+Only ids and sizes are recorded, never document text or queries, and ids only of documents the principal may
+see (the access guard's output); candidates before the guard are counted, not listed.
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["collect", "install", "span"]
+__all__ = ["VISIBLE_IDS_COMPONENT", "collect", "install", "span"]
+
+#: The only component whose output document ids a span lists (the access guard's output is what the principal
+#: may see); every other component's span records ``document_count``.
+VISIBLE_IDS_COMPONENT = "AccessGuard"
 
 _TRACE: contextvars.ContextVar[list[dict[str, Any]] | None] = contextvars.ContextVar("ragconf_trace", default=None)
 _PARENT: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("ragconf_span", default=None)
@@ -53,11 +58,15 @@ class _RecordedSpan:
             self.set_tag(k, v)
 
     def set_content_tag(self, key: str, value: Any) -> None:
-        # keep ids, never content
+        # keep ids, never content; and ids only of documents the principal may see: components before the
+        # access guard hold candidates the policy has not checked yet, so their spans count them
         if key.endswith(".output"):
             ids = _doc_ids(value)
             if ids is not None:
-                self.record["attributes"]["document_ids"] = ids
+                if self.record["attributes"].get("type") == VISIBLE_IDS_COMPONENT:
+                    self.record["attributes"]["document_ids"] = ids
+                else:
+                    self.record["attributes"]["document_count"] = len(ids)
             if isinstance(value, dict) and isinstance(value.get("decision_id"), str):
                 self.record["attributes"]["decision_id"] = value["decision_id"]
         if self.inner is not None:

@@ -2,7 +2,7 @@
 
 from ragconf.ingest.beir import load_qrels, load_queries
 from ragconf.ingest.chunking import Chunk, chunk_text
-from ragconf.ingest.sources import SourceDocument, SourceError, iter_source
+from ragconf.ingest.sources import SourceDocument, SourceError, SourceUnavailable, iter_source
 from ragconf.ingest.sync import IngestSummary, ingest
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "IngestSummary",
     "SourceDocument",
     "SourceError",
+    "SourceUnavailable",
     "chunk_text",
     "ingest",
     "iter_source",

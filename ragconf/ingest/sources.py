@@ -13,9 +13,23 @@ from pathlib import Path
 from typing import Any
 
 from ragconf.errors import IngestError
-from ragconf.types import CLASSIFICATIONS
 
-__all__ = ["SourceDocument", "SourceError", "apply_access", "iter_source", "normalize"]
+__all__ = [
+    "SIDECAR_SUFFIXES",
+    "SourceDocument",
+    "SourceError",
+    "SourceUnavailable",
+    "iter_source",
+    "normalize",
+    "split_access",
+]
+
+
+class SourceUnavailable(IngestError):
+    """A source root that cannot be listed at all: the run stops before changing anything."""
+
+    exit_code = 1
+
 
 _FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*(?:\n|\Z)", re.DOTALL)
 
@@ -37,10 +51,17 @@ class SourceDocument:
 
 @dataclass
 class SourceError:
-    """A file or record that could not be read; reported, not fatal."""
+    """A file or record that was not indexed; reported, not fatal.
+
+    ``kind`` is ``error`` (unreadable, or invalid access metadata) or ``quarantined`` (no access metadata and no
+    declared defaults). ``doc_id`` is the id the item would have had, when known, so that an older indexed
+    version of it is withdrawn.
+    """
 
     where: str
     reason: str
+    doc_id: str | None = None
+    kind: str = "error"
 
     def __str__(self) -> str:
         return f"{self.where}: {self.reason}"
@@ -54,6 +75,7 @@ def normalize(text: str) -> str:
 
 
 def _flatten(meta: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Descriptive (non-access) metadata as flat scalar keys; access fields never pass through here."""
     out: dict[str, Any] = {}
     for k, v in meta.items():
         key = f"{prefix}{k}"
@@ -68,36 +90,64 @@ def _flatten(meta: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _read_markdown(path: Path) -> tuple[str, str, dict[str, Any]]:
-    import yaml
+def _front_matter(raw: str, where: str) -> tuple[str, dict[str, Any]]:
+    """(text without the front matter, its mapping) of a Markdown / text file."""
+    from ragconf.yamlsafe import safe_load
 
-    raw = path.read_text(encoding="utf-8")
-    meta: dict[str, Any] = {}
-    m = _FRONT_MATTER.match(raw)
-    if m:
-        try:
-            loaded = yaml.safe_load(m.group(1)) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"invalid YAML front matter: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise ValueError("front matter must be a mapping")
-        meta = loaded
-        raw = raw[m.end() :]
-    title = str(meta.pop("title", "") or "")
+    m = _FRONT_MATTER.match(raw.lstrip("\ufeff"))
+    if not m:
+        return raw, {}
+    loaded = safe_load(m.group(1), f"front matter of {where}", error=IngestError)
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise IngestError(f"{where}: front matter must be a mapping of keys to values")
+    return raw.lstrip("\ufeff")[m.end() :], loaded
+
+
+def _read_utf8(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise IngestError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+
+
+def _title(meta: dict[str, Any]) -> str:
+    title = meta.pop("title", "")
+    return title.strip() if isinstance(title, str) else ("" if title is None else str(title))
+
+
+def _read_markdown(path: Path) -> tuple[str, str, dict[str, Any]]:
+    raw, meta = _front_matter(_read_utf8(path), str(path))
+    title = _title(meta)
     if not title:
         h = re.search(r"^#\s+(.+)$", raw, re.MULTILINE)
         title = h.group(1).strip() if h else path.stem
     return raw, title, meta
 
 
+def _read_text(path: Path) -> tuple[str, str, dict[str, Any]]:
+    raw, meta = _front_matter(_read_utf8(path), str(path))
+    title = _title(meta)
+    if not title:
+        first = raw.strip().split("\n", 1)[0].strip()
+        title = first if 0 < len(first) <= 120 else path.stem
+    return raw, title, meta
+
+
 def _read_html(path: Path) -> tuple[str, str, dict[str, Any]]:
     from selectolax.lexbor import LexborHTMLParser
 
-    tree = LexborHTMLParser(path.read_text(encoding="utf-8", errors="replace"))
+    tree = LexborHTMLParser(_read_utf8(path))
     meta: dict[str, Any] = {}
     for node in tree.css("meta[name]"):
         name, content = node.attributes.get("name"), node.attributes.get("content")
-        if name and content is not None:
+        if not name:
+            continue
+        if name in meta:  # a repeated <meta name>: all values, so a repeated access field is never half-read
+            prev = meta[name]
+            meta[name] = [*(prev if isinstance(prev, list) else [prev]), content]
+        else:
             meta[name] = content
     title_node = tree.css_first("title") or tree.css_first("h1")
     title = title_node.text(strip=True) if title_node else path.stem
@@ -115,138 +165,250 @@ def _read_html(path: Path) -> tuple[str, str, dict[str, Any]]:
     return text, title, meta
 
 
+#: Document-information keys every PDF writer sets; everything else in the info dictionary is custom metadata.
+_PDF_STANDARD_INFO = {"Title", "Author", "Subject", "Keywords", "Creator", "Producer", "CreationDate", "ModDate"}
+
+
 def _read_pdf(path: Path) -> tuple[str, str, dict[str, Any]]:
     from pypdf import PdfReader
 
     reader = PdfReader(str(path))
     pages = [(p.extract_text() or "") for p in reader.pages]
     info: Any = reader.metadata or {}
+    meta: dict[str, Any] = {}
+    # custom document-information entries (/acl_groups, /tenant, ...), then XMP pdfx custom properties,
+    # which win: both are what PDF tools write as "custom properties"
+    for key, value in dict(info).items():
+        name = str(key).lstrip("/")
+        if name not in _PDF_STANDARD_INFO and name != "Trapped":
+            meta[name] = value if isinstance(value, str) else str(value)
+    xmp = reader.xmp_metadata
+    if xmp is not None:
+        meta.update({str(k): v for k, v in xmp.custom_properties.items()})
     title = str(info.get("/Title") or "") or path.stem
-    return "\n\n".join(pages), title, {"pages": len(pages)}
+    meta["pages"] = len(pages)
+    return "\n\n".join(pages), title, meta
 
 
 _READERS = {
     ".md": ("markdown", _read_markdown),
     ".markdown": ("markdown", _read_markdown),
-    ".txt": ("text", None),
+    ".txt": ("text", _read_text),
     ".html": ("html", _read_html),
     ".htm": ("html", _read_html),
     ".pdf": ("pdf", _read_pdf),
 }
 
+#: ``<file>.meta.yaml`` (or .yml / .json) beside any source file: its keys win over the file's own metadata.
+SIDECAR_SUFFIXES = (".meta.yaml", ".meta.yml", ".meta.json")
+
 
 def _sidecar(path: Path) -> dict[str, Any]:
-    import yaml
+    from ragconf.yamlsafe import safe_load
 
-    for suffix in (".meta.yaml", ".meta.yml", ".meta.json"):
-        side = path.with_name(path.name + suffix)
-        if side.is_file():
-            data = yaml.safe_load(side.read_text(encoding="utf-8")) or {}
-            if not isinstance(data, dict):
-                raise ValueError(f"{side.name} must hold a mapping")
-            return data
-    return {}
+    found = [path.with_name(path.name + s) for s in SIDECAR_SUFFIXES if path.with_name(path.name + s).is_file()]
+    if not found:
+        return {}
+    if len(found) > 1:
+        raise IngestError(f"{path}: more than one sidecar ({', '.join(p.name for p in found)}); keep one")
+    side = found[0]
+    data = safe_load(_read_utf8(side), str(side), error=IngestError)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise IngestError(f"{side}: a sidecar must hold a mapping of keys to values")
+    return data
 
 
 def _matches(rel: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatch(rel, p) or fnmatch.fnmatch(rel, p.removeprefix("**/")) for p in patterns)
 
 
-def apply_access(meta: dict[str, Any], mapping: Any, where: str) -> dict[str, Any]:
-    """Map source metadata keys onto acl_groups / tenant / classification, with defaults and validation."""
-    out = dict(meta)
-    for target in ("acl_groups", "tenant", "classification"):
-        src = getattr(mapping, target, None) if mapping is not None else target
-        value = out.pop(src, None) if src else None
-        if src and src != target:
-            out.pop(target, None)
-        if value is None and mapping is not None:
-            value = mapping.defaults.get(target)
-        if value is None:
-            out.pop(target, None)
+def _take(meta: dict[str, Any], key: str) -> tuple[bool, Any]:
+    """Remove ``key`` from ``meta`` (a dotted key also walks nested mappings); (present, value)."""
+    if key in meta:
+        return True, meta.pop(key)
+    head, _, tail = key.partition(".")
+    if tail and isinstance(meta.get(head), dict):
+        inner = dict(meta[head])
+        present, value = _take(inner, tail)
+        if present:
+            meta[head] = inner
+            if not inner:
+                meta.pop(head)
+        return present, value
+    return False, None
+
+
+def split_access(meta: dict[str, Any], mapping: Any, where: str) -> tuple[dict[str, Any], dict[str, Any], bool]:
+    """(access fields, the other metadata, whether the document carried any access field itself).
+
+    Access values are validated with the strict schema (:mod:`ragconf.access`); an invalid one raises an
+    IngestError naming ``where``, the field and what would be valid. Missing fields take
+    ``corpus.access.defaults``. Nothing is flattened, stringified or dropped.
+    """
+    from ragconf.access import ACCESS_FIELDS, AccessValueError, validate_field
+
+    rest = dict(meta)
+    fields: dict[str, str | None] = {f: getattr(mapping, f, f) for f in ACCESS_FIELDS}
+    for attr in getattr(mapping, "attributes", None) or []:
+        fields[attr] = attr
+    for target, src in fields.items():
+        if src != target and target in rest:
+            reads = f"from the key '{src}'" if src else f"from nowhere (corpus.access.{target} is null)"
+            raise IngestError(
+                f"{where}: has the access field '{target}', but this corpus reads {target} {reads}",
+                hint=f"rename the key to '{src}' or change corpus.access.{target}" if src else None,
+            )
+    cmap = getattr(mapping, "classification_map", None) or {}
+    access: dict[str, Any] = {}
+    for target, src in fields.items():
+        if not src:
             continue
-        if target == "acl_groups":
-            if isinstance(value, str):
-                value = [g.strip() for g in value.split(",") if g.strip()]
-            value = sorted({str(g) for g in value})
-            if not value:
-                continue
-        elif target == "classification":
-            value = str(value).lower()
-            if value not in CLASSIFICATIONS:
-                raise IngestError(f"{where}: classification '{value}' is not one of {', '.join(CLASSIFICATIONS)}")
-        else:
-            value = str(value)
-        out[target] = value
-    return out
+        present, value = _take(rest, src)
+        if not present:
+            continue
+        try:
+            access[target] = validate_field(target, value, classification_map=cmap)
+        except AccessValueError as exc:
+            source_key = f" (read from the key '{src}')" if src != target else ""
+            raise IngestError(f"{where}: {exc}{source_key}") from None
+    labeled = bool(access)
+    for target, value in (getattr(mapping, "defaults", None) or {}).items():
+        access.setdefault(target, value)
+    for key in list(rest):
+        if any(key.startswith(f + ".") for f in fields):
+            raise IngestError(f"{where}: the key '{key}' would shadow the access field '{key.split('.')[0]}'")
+    return access, rest, labeled
+
+
+def _document_meta(raw: dict[str, Any], access: Any, where: str, errors: list[SourceError], doc_id: str) -> Any:
+    """Validated metadata for one document, or None when it was rejected or quarantined (reported)."""
+    try:
+        acc, rest, labeled = split_access(raw, access, where)
+    except IngestError as exc:
+        errors.append(SourceError(where, exc.message, doc_id))
+        return None
+    if not labeled and not acc and getattr(access, "unlabeled", "quarantine") != "public":
+        errors.append(
+            SourceError(
+                where,
+                "no access metadata (acl_groups / tenant / classification) and the corpus declares no "
+                "access.defaults: not indexed; add front matter / <meta> / a sidecar, set corpus.access.defaults, "
+                "or corpus.access.unlabeled: public",
+                doc_id,
+                "quarantined",
+            )
+        )
+        return None
+    return {**_flatten(rest), **acc}
 
 
 def iter_source(spec: Any, access: Any, errors: list[SourceError]) -> Iterator[SourceDocument]:
-    """Documents of one source spec (`corpus.sources[i]`); unreadable items are appended to ``errors``."""
+    """Documents of one source spec (`corpus.sources[i]`).
+
+    Items that cannot be read or whose access metadata is invalid are appended to ``errors`` (kind
+    ``error``), items without any access metadata when the corpus declares no defaults with kind
+    ``quarantined``; each carries its document id so the sync can withdraw an older indexed version.
+    Raises :class:`SourceUnavailable` when the source root cannot be listed at all.
+    """
     root = Path(spec.path)
     if not root.exists():
-        raise IngestError(f"source path '{root}' does not exist", hint="check corpus.sources[].path / corpus.path")
+        raise SourceUnavailable(
+            f"source path '{root}' does not exist; nothing was changed in the index",
+            hint="check corpus.sources[].path / corpus.path",
+        )
     if spec.type == "beir":
-        for lineno, row in _beir_rows(root, errors):
-            where = f"{root / 'corpus.jsonl'}:{lineno}"
-            meta = _flatten(row.get("metadata") or {}) if isinstance(row.get("metadata"), dict) else {}
-            try:
-                meta = apply_access(meta, access, where)
-            except IngestError as exc:
-                errors.append(SourceError(where, exc.message))
-                continue
-            yield SourceDocument(
-                str(row["_id"]),
-                normalize(str(row.get("text") or "")),
-                str(row.get("title") or ""),
-                root.name,
-                meta,
-                "beir",
-            )
+        yield from _iter_beir(root, access, errors)
         return
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    try:
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    except OSError as exc:
+        raise SourceUnavailable(f"cannot list source path '{root}': {exc.strerror or exc}") from None
     for path in files:
         rel = path.name if root.is_file() else path.relative_to(root).as_posix()
-        if ".meta." in path.name or not _matches(rel, spec.include) or _matches(rel, spec.exclude):
+        if path.name.endswith(SIDECAR_SUFFIXES) or not _matches(rel, spec.include) or _matches(rel, spec.exclude):
             continue
         fmt, reader = _READERS.get(path.suffix.lower(), (None, None))
-        if fmt is None:
+        if fmt is None or reader is None:
             continue
         try:
-            if reader is None:
-                text, title, meta = path.read_text(encoding="utf-8"), "", {}
-                first = text.strip().split("\n", 1)[0].strip()
-                title = first if 0 < len(first) <= 120 else path.stem
-            else:
-                text, title, meta = reader(path)
-            meta = {**_flatten(meta), **_flatten(_sidecar(path))}
-            meta = apply_access(meta, access, str(path))
+            text, title, meta = reader(path)
+            meta = {**meta, **_sidecar(path)}
         except IngestError as exc:
-            errors.append(SourceError(str(path), exc.message))
+            errors.append(SourceError(str(path), exc.message.removeprefix(f"{path}: "), rel))
             continue
         except Exception as exc:  # any parser failure: report the file, keep going
-            errors.append(SourceError(str(path), f"{type(exc).__name__}: {exc}"))
+            errors.append(SourceError(str(path), f"cannot read: {type(exc).__name__}: {exc}", rel))
             continue
-        text = normalize(text)
-        yield SourceDocument(rel, text, title, str(path), meta, fmt)
+        doc_meta = _document_meta(meta, access, str(path), errors, rel)
+        if doc_meta is None:
+            continue
+        yield SourceDocument(rel, normalize(text), title, str(path), doc_meta, fmt)
+
+
+def _iter_beir(root: Path, access: Any, errors: list[SourceError]) -> Iterator[SourceDocument]:
+    for lineno, row in _beir_rows(root, errors):
+        where = f"{root / 'corpus.jsonl'}:{lineno}"
+        doc_id = row["_id"]
+        raw = row.get("metadata")
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            errors.append(SourceError(where, f"'metadata' must be an object, got {_json_type(raw)}", doc_id))
+            continue
+        doc_meta = _document_meta(raw, access, where, errors, doc_id)
+        if doc_meta is None:
+            continue
+        title = row.get("title")
+        yield SourceDocument(
+            doc_id,
+            normalize(row.get("text") if isinstance(row.get("text"), str) else ""),
+            title if isinstance(title, str) else "",
+            root.name,
+            doc_meta,
+            "beir",
+        )
+
+
+def _json_type(value: Any) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}.get(
+        type(value), type(value).__name__
+    )
 
 
 def _beir_rows(root: Path, errors: list[SourceError]) -> Iterator[tuple[int, dict[str, Any]]]:
-    import json as _json
-
     path = root / "corpus.jsonl"
     if not path.is_file():
-        raise IngestError(f"'{root}' is not a BEIR folder: corpus.jsonl is missing")
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+        raise SourceUnavailable(f"'{root}' is not a BEIR folder: corpus.jsonl is missing; nothing was changed")
+    try:
+        fh = path.open("rb")
+    except OSError as exc:
+        raise SourceUnavailable(f"cannot read '{path}': {exc.strerror or exc}") from None
+    with fh:
+        for lineno, raw in enumerate(fh, 1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                errors.append(SourceError(where, f"not UTF-8 (byte {exc.start}: {exc.reason})"))
+                continue
             if not line.strip():
                 continue
             try:
-                row = _json.loads(line)
-            except _json.JSONDecodeError as exc:
-                errors.append(SourceError(f"{path}:{lineno}", f"invalid JSON ({exc.msg})"))
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                errors.append(SourceError(where, f"invalid JSON ({exc.msg})"))
+                continue
+            except RecursionError:
+                errors.append(SourceError(where, "invalid JSON (nested too deeply)"))
                 continue
             if not isinstance(row, dict) or "_id" not in row:
-                errors.append(SourceError(f"{path}:{lineno}", "missing '_id'"))
+                errors.append(SourceError(where, "missing '_id'"))
                 continue
+            doc_id = row["_id"]
+            if isinstance(doc_id, bool) or not isinstance(doc_id, str | int) or not str(doc_id).strip():
+                errors.append(SourceError(where, f"'_id' must be a non-empty string or integer, got {doc_id!r:.40}"))
+                continue
+            row["_id"] = str(doc_id)
             yield lineno, row

@@ -1,12 +1,17 @@
 """Incremental, idempotent ingestion: unchanged documents skipped, changed replaced, deleted removed,
-duplicates collapsed; committed in batches so an interrupted run loses nothing already written."""
+duplicates collapsed; committed in batches so an interrupted run loses nothing already written.
+
+Revocation comes first: before anything is written, every indexed document whose source is gone is deleted,
+and every one whose new version could not be read or validated (or lost its access metadata) is withdrawn.
+An index never keeps serving an old version with its old access fields. Only a source root that cannot be
+listed at all stops the run, before any change (:class:`~ragconf.ingest.sources.SourceUnavailable`)."""
 
 from __future__ import annotations
 
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,7 +32,29 @@ class IngestSummary:
     documents_seen: int = 0
     seconds: float = 0.0
     embed_seconds: float = 0.0
+    #: Items not indexed because they could not be read or their access metadata is invalid.
     errors: list[SourceError] = field(default_factory=list)
+    #: Items not indexed because they carry no access metadata and the corpus declares no defaults.
+    quarantined: list[SourceError] = field(default_factory=list)
+    #: Ids of indexed documents removed because their new version was rejected or quarantined.
+    withdrawn: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (what `ingest --json` prints)."""
+        data = asdict(self)
+        data["errors"] = [str(e) for e in self.errors]
+        data["quarantined"] = [str(e) for e in self.quarantined]
+        data["withdrawn"] = list(self.withdrawn)
+        return data
+
+    def line(self, corpus: str) -> str:
+        """One human line with every count."""
+        return (
+            f"ingested corpus '{corpus}': {self.added} added, {self.updated} updated, {self.deleted} deleted, "
+            f"{self.unchanged} unchanged, {self.duplicates} duplicates, {len(self.errors)} rejected, "
+            f"{len(self.quarantined)} quarantined, {len(self.withdrawn)} withdrawn; "
+            f"{self.chunks_written} chunks in {self.seconds:.1f}s"
+        )
 
 
 def _chunks(doc: SourceDocument, corpus_spec: Any, corpus: str, now: str, duplicate_ids: list[str]) -> list[Any]:
@@ -69,21 +96,24 @@ def ingest(
     progress: Callable[[int, int], None] | None = None,
     batch_docs: int = 64,
 ) -> IngestSummary:
-    """Sync the store with the corpus sources. Deletions happen only after an error-free full scan."""
+    """Sync the store with the corpus sources: revoke first (deleted and withdrawn documents), then write."""
     start = time.perf_counter()
     corpus = corpus_name or corpus_spec.name
     summary = IngestSummary()
-    scan_errors: list[SourceError] = []
+    scan: list[SourceError] = []
     groups: dict[str, list[SourceDocument]] = {}
     seen_ids: set[str] = set()
+    # the whole scan happens before any change: a source root that cannot be listed raises here
     for source in corpus_spec.sources:
-        for doc in iter_source(source, corpus_spec.access, scan_errors):
+        for doc in iter_source(source, corpus_spec.access, scan):
             summary.documents_seen += 1
             if doc.doc_id in seen_ids:  # the same id twice (e.g. two sources): keep the first
                 summary.duplicates += 1
                 continue
             seen_ids.add(doc.doc_id)
             groups.setdefault(doc.content_hash, []).append(doc)
+    summary.errors = [e for e in scan if e.kind != "quarantined"]
+    summary.quarantined = [e for e in scan if e.kind == "quarantined"]
     stored = store.doc_hashes(corpus)
     docs: dict[str, SourceDocument] = {}
     dup_of: dict[str, list[str]] = {}
@@ -95,7 +125,13 @@ def ingest(
         if others:
             dup_of[keep.doc_id] = others
             summary.duplicates += len(others)
-    summary.errors = scan_errors
+    # revocation first: whatever is indexed but not in this scan's valid documents leaves the index now
+    rejected = {e.doc_id for e in scan if e.doc_id is not None}
+    gone = [d for d in stored if d not in docs]
+    if gone:
+        store.delete_docs(corpus, gone)
+        summary.withdrawn = sorted(d for d in gone if d in rejected)
+        summary.deleted = len(gone) - len(summary.withdrawn)
     todo = []
     for doc_id, doc in docs.items():
         h = doc.content_hash
@@ -139,9 +175,5 @@ def ingest(
                 summary.added += 1
         if progress:
             progress(min(i + batch_docs, total), total)
-    if not scan_errors:
-        gone = [d for d in stored if d not in docs]
-        if gone:
-            summary.deleted = store.delete_docs(corpus, gone)
     summary.seconds = time.perf_counter() - start
     return summary

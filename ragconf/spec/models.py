@@ -64,24 +64,60 @@ class ChunkingSpec(_Strict):
 
 
 class AccessMappingSpec(_Strict):
-    """Which source metadata key feeds each access-control field (null: not mapped)."""
+    """Where each access field comes from and what a document without access metadata gets (docs/ingest.md).
 
+    Access values are validated with one strict schema (``ragconf.access``) before anything is written."""
+
+    #: Source metadata key of each access field (null: the corpus has no such field; a document that sets it
+    #: anyway is rejected). A dotted key reads a nested mapping (``access.groups``).
     acl_groups: str | None = "acl_groups"
     tenant: str | None = "tenant"
     classification: str | None = "classification"
-    #: Values used when a document's metadata lacks the field, e.g. {classification: internal}.
+    #: Further metadata fields that are access attributes: validated like access fields (a non-empty string or
+    #: a list of them), never flattened, and shown to the access policy as ``document.meta.<name>``.
+    attributes: list[str] = Field(default_factory=list)
+    #: Source values mapped onto classification levels, e.g. {Confidential: confidential, secret: restricted}.
+    #: Any other value that is not exactly a level is rejected (no case folding).
+    classification_map: dict[str, str] = Field(default_factory=dict)
+    #: Values a document gets for the access fields it lacks, e.g. {classification: internal, tenant: acme}.
     defaults: dict[str, Any] = Field(default_factory=dict)
+    #: A document with no access field at all, when no defaults are declared: ``quarantine`` (not indexed,
+    #: reported) or ``public`` (indexed without access fields: visible to every user of every tenant).
+    unlabeled: Literal["quarantine", "public"] = "quarantine"
 
-    @field_validator("defaults")
+    @field_validator("classification_map")
     @classmethod
-    def _known_defaults(cls, v: dict[str, Any]) -> dict[str, Any]:
-        allowed = {"acl_groups", "tenant", "classification"}
-        for key in v:
-            if key not in allowed:
-                raise ValueError(f"unknown access field '{key}'; valid: {', '.join(sorted(allowed))}")
-        if "classification" in v and v["classification"] not in CLASSIFICATIONS:
-            raise ValueError(f"classification must be one of {', '.join(CLASSIFICATIONS)}")
+    def _known_levels(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, level in v.items():
+            if level not in CLASSIFICATIONS:
+                raise ValueError(f"'{key}' maps to '{level}', which is not one of {', '.join(CLASSIFICATIONS)}")
         return v
+
+    @field_validator("attributes")
+    @classmethod
+    def _attribute_names(cls, v: list[str]) -> list[str]:
+        from ragconf.access import ACCESS_FIELDS
+
+        for name in v:
+            if not name or name in ACCESS_FIELDS or "." in name:
+                raise ValueError(
+                    f"'{name}' cannot be an access attribute (a plain key, not {', '.join(ACCESS_FIELDS)})"
+                )
+        return v
+
+    @model_validator(mode="after")
+    def _valid_defaults(self) -> AccessMappingSpec:
+        from ragconf.access import ACCESS_FIELDS, AccessValueError, validate_field
+
+        allowed = (*ACCESS_FIELDS, *self.attributes)
+        for key, value in list(self.defaults.items()):
+            if key not in allowed:
+                raise ValueError(f"defaults: unknown access field '{key}'; valid: {', '.join(sorted(allowed))}")
+            try:
+                self.defaults[key] = validate_field(key, value, classification_map=self.classification_map)
+            except AccessValueError as exc:
+                raise ValueError(f"defaults: {exc}") from None
+        return self
 
 
 class CorpusSpec(_Strict):

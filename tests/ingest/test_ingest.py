@@ -60,15 +60,28 @@ def corpus_dir(tmp_path: Path) -> Path:
         "---\ntitle: Guide\nclassification: internal\ngroups: eng, sre\n---\n# Guide\n\n"
         "## Setup\nInstall the agent first.\n\n## Usage\nRun the agent daily.\n"
     )
-    (d / "notes.txt").write_text("Notes\n\nPlain text notes about the cafeteria menu.\n")
+    (d / "notes.txt").write_text("---\ntenant: acme\n---\nNotes\n\nPlain text notes about the cafeteria menu.\n")
     (d / "sub" / "page.html").write_text(
         "<html><head><title>Page</title><meta name='tenant' content='acme'>"
         "<script>evil()</script></head><body><nav>menu</nav><h1>Heading</h1>"
         "<p>Visible paragraph text.</p></body></html>"
     )
     (d / "sub" / "page.html.meta.yaml").write_text("classification: public\n")
-    (d / "report.pdf").write_bytes(minimal_pdf("Quarterly revenue grew strongly"))
+    (d / "report.pdf").write_bytes(pdf_with_info(minimal_pdf("Quarterly revenue grew strongly"), groups="finance"))
     return d
+
+
+def pdf_with_info(pdf: bytes, **info: str) -> bytes:
+    """``pdf`` with custom document-information entries (what PDF tools write as custom properties)."""
+    import io
+
+    from pypdf import PdfWriter
+
+    writer = PdfWriter(clone_from=io.BytesIO(pdf))
+    writer.add_metadata({f"/{k}": v for k, v in info.items()})
+    buf = io.BytesIO()
+    writer.write(buf)
+    return buf.getvalue()
 
 
 def spec(path: Path, **kw: object) -> CorpusSpec:
@@ -95,7 +108,9 @@ def test_every_format_parsed_with_metadata(corpus_dir: Path) -> None:
     assert "Visible paragraph text." in html.text
     assert html.meta["tenant"] == "acme" and html.meta["classification"] == "public"  # sidecar
     assert "Quarterly revenue grew strongly" in docs["report.pdf"].text
-    assert docs["notes.txt"].title == "Notes"
+    assert docs["report.pdf"].meta["acl_groups"] == ["finance"]  # PDF document information
+    assert docs["notes.txt"].title == "Notes" and docs["notes.txt"].meta["tenant"] == "acme"  # .txt front matter
+    assert "---" not in docs["notes.txt"].text
 
 
 def test_bad_classification_and_corrupt_files_are_reported_not_fatal(corpus_dir: Path) -> None:
@@ -150,7 +165,7 @@ def test_incremental_sync(corpus_dir: Path, tmp_path: Path) -> None:
     } <= set(chunk.meta)
     again = ingest(cs, store, hashing_embed)
     assert (again.added, again.updated, again.unchanged, again.chunks_written) == (0, 0, 4, 0)
-    (corpus_dir / "notes.txt").write_text("Notes\n\nThe menu changed.\n")
+    (corpus_dir / "notes.txt").write_text("---\ntenant: acme\n---\nNotes\n\nThe menu changed.\n")
     (corpus_dir / "report.pdf").unlink()
     shutil.copy(corpus_dir / "guide.md", corpus_dir / "guide-copy.md")
     third = ingest(cs, store, hashing_embed)
@@ -169,6 +184,7 @@ def test_interrupted_ingest_resumes_cleanly(tmp_path: Path) -> None:
         (d / f"doc{i:02}.txt").write_text(f"Document {i}\n\nContent number {i} about topic {i % 3}.\n")
     store = open_store({"type": "sqlite", "path": str(tmp_path / "s.sqlite")}, embedding_dim=DIM)
     calls = {"n": 0}
+    acc = {"defaults": {"tenant": "acme"}}
 
     def flaky(texts: list[str]) -> np.ndarray:
         calls["n"] += 1
@@ -177,9 +193,11 @@ def test_interrupted_ingest_resumes_cleanly(tmp_path: Path) -> None:
         return hashing_embed(texts)
 
     with pytest.raises(KeyboardInterrupt):
-        ingest(spec(d, chunking={"strategy": "none", "size": 100, "overlap": 0}), store, flaky, batch_docs=5)
+        ingest(
+            spec(d, chunking={"strategy": "none", "size": 100, "overlap": 0}, access=acc), store, flaky, batch_docs=5
+        )
     assert len(store.doc_hashes("t")) == 10  # two committed batches survived
-    rerun = ingest(spec(d, chunking={"strategy": "none", "size": 100, "overlap": 0}), store, hashing_embed)
+    rerun = ingest(spec(d, chunking={"strategy": "none", "size": 100, "overlap": 0}, access=acc), store, hashing_embed)
     assert (rerun.added, rerun.unchanged, rerun.deleted) == (20, 10, 0)
     assert store.count_documents() == 30
     store.close()
@@ -200,6 +218,7 @@ def test_beir_fixture_and_loaders(tmp_path: Path) -> None:
         {
             "name": "sf",
             "sources": [{"type": "beir", "path": str(root)}],
+            "access": {"unlabeled": "public"},
             "chunking": {"strategy": "none", "size": 512, "overlap": 0},
         }
     )
@@ -219,7 +238,9 @@ def test_malformed_beir_lines_reported(tmp_path: Path) -> None:
     root.mkdir()
     (root / "corpus.jsonl").write_text('{"_id": "1", "text": "ok"}\n{broken\n{"text": "no id"}\n')
     errors: list = []
-    cs = CorpusSpec.model_validate({"name": "b", "sources": [{"type": "beir", "path": str(root)}]})
+    cs = CorpusSpec.model_validate(
+        {"name": "b", "sources": [{"type": "beir", "path": str(root)}], "access": {"unlabeled": "public"}}
+    )
     docs = list(iter_source(cs.sources[0], cs.access, errors))
     assert [d.doc_id for d in docs] == ["1"]
     assert [e.where.rsplit(":", 1)[1] for e in errors] == ["2", "3"]
