@@ -360,10 +360,10 @@ def _iter_beir(root: Path, access: Any, errors: list[SourceError]) -> Iterator[S
         doc_meta = _document_meta(raw, access, where, errors, doc_id)
         if doc_meta is None:
             continue
-        title = row.get("title")
+        title, text = row.get("title"), row.get("text")
         yield SourceDocument(
             doc_id,
-            normalize(row.get("text") if isinstance(row.get("text"), str) else ""),
+            normalize(text if isinstance(text, str) else ""),
             title if isinstance(title, str) else "",
             root.name,
             doc_meta,
