@@ -104,6 +104,13 @@ class PolicyError(RagconfError):
     exit_code = 3
 
 
+class PolicyConfigError(PolicyError):
+    """A policy bundle that cannot be used: missing, not UTF-8, does not parse or compile, calls a forbidden
+    built-in. A configuration mistake (exit 2); requests still fail closed."""
+
+    exit_code = 2
+
+
 class AccessDenied(PolicyError):
     """A request refused by policy, with the reason the policy gave."""
 

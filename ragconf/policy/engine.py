@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
-from ragconf.errors import PolicyError, SpecError
+from ragconf.errors import PolicyConfigError, PolicyError, SpecError
+from ragconf.policy.lint import FORBIDDEN_BUILTINS, _first_error, _one_line, check_forbidden, check_plan
 
 __all__ = [
     "FORBIDDEN_BUILTINS",
@@ -25,9 +26,6 @@ __all__ = [
     "check_forbidden",
     "load_engine",
 ]
-
-#: Built-ins that reach the network or the runtime environment: they could leak secrets into decisions.
-FORBIDDEN_BUILTINS = ("http.send", "opa.runtime", "net.lookup_ip_addr", "io.jwt.decode_verify")
 
 
 class PolicyEngine(Protocol):
@@ -51,32 +49,6 @@ def bundle_revision(bundle: Path) -> str:
     return h.hexdigest()
 
 
-def _strip_comments(line: str) -> str:
-    out, in_str = [], False
-    for i, ch in enumerate(line):
-        if ch == '"' and (i == 0 or line[i - 1] != "\\"):
-            in_str = not in_str
-        if ch == "#" and not in_str:
-            break
-        out.append(ch)
-    return "".join(out)
-
-
-def check_forbidden(path: Path, source: str) -> None:
-    """Reject a policy calling a network/environment built-in, naming file and line."""
-    for lineno, line in enumerate(source.splitlines(), 1):
-        code = _strip_comments(line)
-        for name in FORBIDDEN_BUILTINS:
-            if re.search(rf"(?<![\w.]){re.escape(name)}\s*\(", code) or (
-                name == "opa.runtime" and "opa.runtime" in code
-            ):
-                raise PolicyError(
-                    f"{path}:{lineno}: policies may not call {name} (network and environment built-ins could "
-                    "leak secrets into decisions)",
-                    hint="pass what the policy needs through input or data.json",
-                )
-
-
 def strip_test_rules(source: str) -> str:
     """Drop the top-level ``test_*`` rules of a test module (they use ``with``, which rego-cpp cannot
     evaluate; ragconf runs the module's ``cases`` table instead). Blocks are separated by blank lines."""
@@ -87,8 +59,24 @@ def strip_test_rules(source: str) -> str:
 def _bundle_dir(bundle: str | Path) -> Path:
     p = Path(bundle)
     if not p.is_dir():
-        raise PolicyError(f"policy bundle '{p}' does not exist", hint="set policy.bundle to the policies/ folder")
+        raise PolicyConfigError(f"policy bundle '{p}' does not exist", hint="set policy.bundle to the policies/ folder")
     return p
+
+
+def read_policy_file(path: Path) -> str:
+    """The text of a bundle file; unreadable or not UTF-8 (OPA requires UTF-8) is a config mistake."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise PolicyConfigError(f"cannot read policy file {path}: {exc.strerror or exc}") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise PolicyConfigError(
+            f"{path}:{line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start})",
+            hint="policy files must be UTF-8 text; re-save the file as UTF-8",
+        ) from None
 
 
 class RegoEngine:
@@ -104,39 +92,56 @@ class RegoEngine:
     )
 
     def __init__(self, bundle: str | Path, *, tests: bool = False, entrypoints: tuple[str, ...] | None = None) -> None:
-        from regopy import Interpreter, RegoError
+        from regopy import Interpreter, LogLevel, RegoError
 
         self.bundle = _bundle_dir(bundle)
+        if tests:
+            # the policies themselves are vetted (compiled plan included) without the test modules, whose
+            # `with` the ahead-of-time compiler cannot plan
+            RegoEngine(self.bundle, entrypoints=())
         self._lock = threading.Lock()
         self._interp = Interpreter()
+        self._interp.log_level = LogLevel.NONE  # errors come back in the exception, not printed on stdout
         files = bundle_files(self.bundle, tests=tests)
         if not any(p.suffix == ".rego" for p in files):
-            raise PolicyError(f"policy bundle '{self.bundle}' holds no .rego files")
+            raise PolicyConfigError(f"policy bundle '{self.bundle}' holds no .rego files")
+        sources: dict[str, str] = {}
+        data: list[str] = []
         for p in files:
-            text = p.read_text(encoding="utf-8")
+            text = read_policy_file(p)
+            name = str(p.relative_to(self.bundle))
             try:
                 if p.suffix == ".rego":
                     check_forbidden(p, text)
                     if p.name.endswith("_test.rego"):
                         text = strip_test_rules(text)
-                    self._interp.add_module(str(p.relative_to(self.bundle)), text)
+                    sources[name] = text
+                    self._interp.add_module(name, text)
                 elif p.name == "data.json":
                     json.loads(text)
+                    data.append(text)
                     self._interp.add_data_json(text)
             except RegoError as exc:
-                raise PolicyError(f"policy {p} failed to load: {_first_error(exc)}") from None
+                raise PolicyConfigError(
+                    f"policy {p} does not parse: {_first_error(exc, sources)}",
+                    hint="fix the file; until it loads every request is denied",
+                ) from None
             except json.JSONDecodeError as exc:
-                raise PolicyError(f"{p}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+                raise PolicyConfigError(f"{p}:{exc.lineno}: invalid JSON ({exc.msg})") from None
         self._plan: Any = None
         self._entrypoints: set[str] = set()
-        # test modules use `with`, which the ahead-of-time compiler cannot plan: tests run as plain queries
+        if not tests:
+            check_plan(self.bundle, sources, data)
         wanted = (() if tests else self.ENTRYPOINTS) if entrypoints is None else entrypoints
         if wanted:
             try:
                 self._plan = self._interp.build("x = true", list(wanted))
                 self._entrypoints = set(wanted)
             except RegoError as exc:
-                raise PolicyError(f"policy bundle {self.bundle} failed to compile: {_first_error(exc)}") from None
+                raise PolicyConfigError(
+                    f"policy bundle {self.bundle} does not compile: {_first_error(exc, sources)}",
+                    hint="fix the policy; until it compiles every request is denied",
+                ) from None
 
     def evaluate(self, path: str, input: Mapping[str, Any]) -> Any:
         from regopy import RegoError
@@ -154,22 +159,21 @@ class RegoEngine:
                 raise PolicyError(f"evaluating {query} failed: {_first_error(exc)}") from None
         if out == "undefined":
             return None
+        if out.startswith("<error"):
+            # rego-cpp gives no detail for evaluation errors (conflicting values of a complete rule or
+            # function, a built-in error in strict mode, ...)
+            raise PolicyError(
+                f"evaluating {query} failed: the rule raised an evaluation error (e.g. a complete rule or "
+                "function with conflicting values)"
+            )
         try:
             result = json.loads(out)
         except json.JSONDecodeError:
-            raise PolicyError(f"evaluating {query} failed: {out[:300]}") from None
+            raise PolicyError(f"evaluating {query} failed: {_one_line(out)}") from None
         if not isinstance(result, dict) or "expressions" not in result:
-            raise PolicyError(f"evaluating {query} failed: {out[:300]}")
+            raise PolicyError(f"evaluating {query} failed: {_one_line(out)}")
         exprs = result["expressions"]
         return exprs[0] if exprs else None
-
-
-def _first_error(exc: Exception) -> str:
-    msgs = re.findall(r"\(errormsg \d+:([^)]*)\)", str(exc))
-    locs = re.findall(r"\(error \d+:([^|\s]+)\|", str(exc))
-    if msgs:
-        return "; ".join(f"{m} ({loc})" if loc else m for m, loc in zip(msgs, locs + [""] * len(msgs), strict=False))
-    return str(exc).splitlines()[0]
 
 
 class OpaServerEngine:
@@ -179,7 +183,7 @@ class OpaServerEngine:
         try:
             from opa_client.opa import OpaClient
         except ImportError:
-            raise PolicyError(
+            raise PolicyConfigError(
                 "the OPA server engine needs opa-python-client", hint="pip install 'ragconf[opa]'"
             ) from None
         parsed = urlparse(url)
@@ -220,6 +224,6 @@ def load_engine(cfg: Mapping[str, Any], *, tests: bool = False) -> PolicyEngine:
         if bundle.is_dir():
             for p in bundle_files(bundle):
                 if p.suffix == ".rego":
-                    check_forbidden(p, p.read_text(encoding="utf-8"))
+                    check_forbidden(p, read_policy_file(p))
         return OpaServerEngine(str(cfg["url"]), token)
     raise SpecError(f"unknown policy engine '{engine}'", key="policy.engine", valid=["embedded", "opa"], got=engine)
