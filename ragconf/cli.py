@@ -111,8 +111,12 @@ def validate(overrides: Overrides = None, config_dir: ConfigDir = None, as_json:
     stages["generators"] = ", ".join(rag.profiles)
     revision = rag.policy.bundle_revision
     users = rag.directory.ids()
+    from ragconf.policy.consistency import check_configured
+
+    visibility = check_configured(rag.spec, rag.policy.engine)
     result = {
-        "valid": True,
+        "valid": visibility.ok,
+        "visibility": visibility.to_dict(),
         "config_hash": rag.loaded.hash,
         "choices": rag.loaded.choices,
         "pipeline": rag.retrieval.name,
@@ -129,7 +133,20 @@ def validate(overrides: Overrides = None, config_dir: ConfigDir = None, as_json:
         typer.echo(f"  profiles:  {stages['generators']}")
         typer.echo(f"  policies:  revision {revision[:12]}")
         typer.echo(f"  users:     {', '.join(users) or '(none)'}")
+        _print_visibility(visibility, indent="  ")
     rag.close()
+    if not visibility.ok:
+        _err("the access policy's filter and allow disagree (see the counterexamples above)")
+        raise typer.Exit(2)
+
+
+def _print_visibility(report: Any, indent: str = "") -> None:
+    """The filter/allow consistency line, and counterexamples when they disagree."""
+    typer.echo(indent + report.summary())
+    for n, example in enumerate(report.counterexamples, 1):
+        typer.echo(f"{indent}counterexample {n}:")
+        for line in example.lines():
+            typer.echo(indent + line)
 
 
 def _progress(enabled: bool) -> Any:
@@ -393,9 +410,14 @@ def policy_test(
     overrides: Overrides = None,
     config_dir: ConfigDir = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    cases: Annotated[
+        int, typer.Option("--cases", min=0, help="Principal x document cases of the filter/allow check (0: skip).")
+    ] = 6000,
 ) -> None:
-    """Run every *_test.rego of the bundle through the configured engine."""
+    """Run every *_test.rego of the bundle through the configured engine, then check that the access
+    policy's filter (as the store evaluates it) and allow agree on generated principals x documents."""
     from ragconf.policy import load_engine, run_policy_tests
+    from ragconf.policy.consistency import check_configured
 
     spec = _load(config_dir, overrides).spec
     report = run_policy_tests(Path(spec.policy.bundle), load_engine(spec.policy.model_dump(), tests=True))
@@ -403,7 +425,12 @@ def policy_test(
         if verbose or not item.passed:
             typer.echo(f"{'PASS' if item.passed else 'FAIL'} {item.name}" + (f": {item.error}" if item.error else ""))
     typer.echo(f"{report.passed} passed, {report.failed} failed")
-    if report.failed or report.passed == 0:
+    visibility_ok = True
+    if cases:
+        visibility = check_configured(spec, load_engine(spec.policy.model_dump()), max_cases=cases)
+        _print_visibility(visibility)
+        visibility_ok = visibility.ok
+    if report.failed or report.passed == 0 or not visibility_ok:
         if report.passed == 0 and report.failed == 0:
             _err(f"no tests found in {spec.policy.bundle} (files named *_test.rego with rules test_*)")
         raise typer.Exit(1)
