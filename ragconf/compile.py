@@ -159,6 +159,13 @@ def _instantiate(name: str, spec: Any, prefix: str, ctx: BuildContext) -> tuple[
                     got=p,
                 )
     _check_param_types(entry.load(), params, key, source, spec.type)
+    if entry.kind == "retriever" and params.get("filters"):
+        from ragconf.store.filters import to_sql
+
+        try:
+            to_sql(params["filters"], [])
+        except StoreError as exc:
+            raise CompileError(exc.message, key=f"{key}.params.filters", source=source) from None
     try:
         return entry.load()(**params, **injected), entry.kind
     except RagconfError:

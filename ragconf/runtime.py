@@ -105,11 +105,11 @@ class RagApp:
 
     @cached_property
     def store(self) -> Any:
+        from ragconf._fs import private_workdir
         from ragconf.store import open_store
 
         cfg = self.spec.store.model_dump()
-        if cfg.get("path"):
-            Path(cfg["path"]).parent.mkdir(parents=True, exist_ok=True)
+        private_workdir(self.workdir)  # 0700; the sqlite store creates its own folder and files private
         return open_store(cfg, embedding_dim=self.embedder.dim)
 
     @cached_property

@@ -14,17 +14,24 @@ from collections.abc import Iterable
 from typing import Any
 
 from ragconf.errors import StoreError
+from ragconf.store.filters import to_sql
 
 __all__ = ["ElasticsearchChunkStore", "es_filter"]
 
 
 def es_filter(flt: dict[str, Any] | None) -> dict[str, Any] | None:
-    """Rewrite ``in``/``not in`` lists holding null (missing field) into OR/AND with ``== None``."""
+    """Rewrite ``in``/``not in`` lists holding null (missing field) into OR/AND with ``== None``. A malformed
+    filter or an unsupported operator is a StoreError naming it (checked like the SQLite store does)."""
     if not flt:
         return flt
+    to_sql(flt, [])  # validation only: the same grammar and operators for every store
+    return _rewrite(flt)
+
+
+def _rewrite(flt: dict[str, Any]) -> dict[str, Any]:
     op = flt.get("operator")
     if op in ("AND", "OR", "NOT"):
-        return {"operator": op, "conditions": [es_filter(c) for c in flt.get("conditions", [])]}
+        return {"operator": op, "conditions": [_rewrite(c) for c in flt.get("conditions", [])]}
     value = flt.get("value")
     if op in ("in", "not in") and isinstance(value, list) and None in value:
         rest = [v for v in value if v is not None]

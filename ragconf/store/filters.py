@@ -12,7 +12,7 @@ from typing import Any
 
 from ragconf.errors import StoreError
 
-__all__ = ["combine", "to_sql"]
+__all__ = ["OPERATORS", "combine", "to_sql"]
 
 _COMPARE = {">": ">", ">=": ">=", "<": "<", "<=": "<="}
 _LOGIC = ("AND", "OR", "NOT")
@@ -40,11 +40,20 @@ def _path(field: str) -> tuple[str, str | None]:
     return "meta", "$." + ".".join('"' + p.replace('"', '\\"') + '"' for p in name.split("."))
 
 
+_INT64 = (-(2**63), 2**63 - 1)
+OPERATORS = ("==", "!=", ">", ">=", "<", "<=", "in", "not in", "AND", "OR", "NOT")
+
+
 def _scalar(value: Any, field: str) -> Any:
-    if value is None or isinstance(value, str | int | float):
-        return value
     if isinstance(value, bool):
         return int(value)
+    if isinstance(value, int) and not _INT64[0] <= value <= _INT64[1]:
+        try:  # SQLite integers are 64-bit: compare as a float instead
+            return float(value)
+        except OverflowError:
+            raise StoreError(f"filter on '{field}': number {str(value)[:20]}... is out of range") from None
+    if value is None or isinstance(value, str | int | float):
+        return value
     raise StoreError(f"filter on '{field}': unsupported value {value!r} (use str, number, bool or null)")
 
 
@@ -73,6 +82,14 @@ def to_sql(flt: dict[str, Any], params: list[Any]) -> str:
     if not isinstance(flt, dict):
         raise StoreError(f"a filter must be a mapping, got {type(flt).__name__}")
     op = flt.get("operator")
+    if not isinstance(op, str | None):
+        raise StoreError(f"filter operator must be a string, got {op!r}; this store supports {', '.join(OPERATORS)}")
+    if "operator" not in flt and "field" not in flt:
+        raise StoreError(
+            f"not a filter: {json.dumps(flt, default=str)[:200]}",
+            hint='filters look like {"field": "meta.x", "operator": "==", "value": 1} or '
+            '{"operator": "AND", "conditions": [...]} (the legacy {"meta.x": {"$eq": 1}} form is not supported)',
+        )
     if op in _LOGIC:
         conds = flt.get("conditions")
         if not isinstance(conds, list) or not conds:
@@ -106,6 +123,7 @@ def to_sql(flt: dict[str, Any], params: list[Any]) -> str:
         params.append(v)
         return f"(c.{kind} {_COMPARE[op]} ?)"
     raise StoreError(
-        f"unknown filter operator {op!r} on '{field}'",
-        hint="valid: ==, !=, >, >=, <, <=, in, not in, AND, OR, NOT",
+        f"filter on '{field}': unsupported operator {op!r}; this store supports {', '.join(OPERATORS)}"
+        if op is not None
+        else f"filter condition on '{field}' has no 'operator'; this store supports {', '.join(OPERATORS)}"
     )

@@ -2,20 +2,26 @@
 
 - Durable: every write is one transaction; WAL survives a killed process with everything committed intact.
 - BM25: FTS5's bm25() (k1=1.2, b=0.75) over terms analysed in Python (stopwords + Snowball stemming).
-- Dense: vectors live in SQLite and in an in-memory float32 matrix (reloaded when any connection commits);
+- Dense: vectors live in SQLite and in an in-memory float32 matrix (rebuilt after any process commits);
   exact dot-product search, so results are exact, not approximate.
 - Filters: Haystack filters compiled to SQL and applied *before* top-k in both retrieval paths; for dense
   search the allowed-row mask of a filter is cached until the next write.
+- Threads: one writer connection under a lock, one read-only connection per reading thread; each read sees
+  one committed state and only the caches built from that same state (see :class:`SQLiteChunkStore`).
+- Identified: ``PRAGMA application_id``/``user_version`` mark a ragconf store and its layout version; a
+  corrupted, foreign or other-version file is a StoreError naming the path, never a traceback.
+- Private: the file and its -wal/-shm are 0600, folders ragconf creates for it 0700.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +29,7 @@ import numpy as np
 from haystack import Document
 from haystack.document_stores.types import DuplicatePolicy
 
+from ragconf._fs import private_dir, private_file
 from ragconf.errors import StoreError
 from ragconf.store.filters import to_sql
 from ragconf.store.text import analyze
@@ -52,76 +59,213 @@ CREATE TABLE IF NOT EXISTS info (key TEXT PRIMARY KEY, value TEXT);
 """
 
 
+#: ``PRAGMA application_id`` of a ragconf store ("RAGC"): tells a ragconf store from any other SQLite file.
+APPLICATION_ID = 0x52414743
+#: ``PRAGMA user_version``: the store layout this version reads and writes.
+SCHEMA_VERSION = 1
+_TABLES = {"chunks", "fts", "docs", "info"}
+_CHUNK_COLUMNS = {"rowid", "id", "corpus", "doc_id", "content", "meta", "embedding"}
+_MAX_LIMIT = 2**62
+_REBUILD = "delete the store file (and its -wal/-shm files) and re-run `ragconf ingest`"
+
+
 def _as_list(embedding: Any) -> list[float] | None:
     return None if embedding is None else [float(x) for x in embedding]
 
 
+class _Snapshot:
+    """In-memory state of one store generation: the dense matrix and per-filter caches."""
+
+    def __init__(self, generation: int) -> None:
+        self.generation = generation
+        self.matrix: np.ndarray | None = None
+        self.rowids: np.ndarray | None = None
+        self.count: int | None = None
+        self.masks: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.allowed: OrderedDict[str, frozenset[int]] = OrderedDict()
+
+
 class SQLiteChunkStore:
-    """Embedded, persistent chunk store (see module docstring)."""
+    """Embedded, persistent chunk store (see module docstring).
+
+    Thread-safe: writes go through one connection under a lock; each thread reads through its own read-only
+    connection, and every read operation runs in one read transaction, so it sees one committed state. Every
+    write transaction bumps a ``generation`` counter stored in the file; the in-memory caches (dense matrix,
+    filter masks) belong to one generation and are only used by reads of that same generation, so a read never
+    mixes cached and current data, whichever process wrote.
+    """
 
     def __init__(self, path: str | Path, embedding_dim: int = 384, mask_cache: int = 32) -> None:
         self.path = Path(path)
         self.embedding_dim = embedding_dim
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=10000")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(
-                f"cannot open store '{self.path}': {exc}", hint="delete the file to rebuild it with `ragconf ingest`"
-            ) from None
-        self._check_dim()
         self._lock = threading.RLock()
-        self._matrix: np.ndarray | None = None
-        self._rowids: np.ndarray | None = None
-        self._version: tuple[int, int] | None = None
-        self._writes = 0
-        self._masks: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._allowed_cache: OrderedDict[str, frozenset[int]] = OrderedDict()
-        self._count: int | None = None
+        self._local = threading.local()
+        self._readers: list[tuple[threading.Thread, sqlite3.Connection]] = []
+        self._closed = False
+        self._snap = _Snapshot(-1)
         self._mask_cache = mask_cache
+        if self.path.is_dir():
+            raise StoreError(f"store.path '{self.path}' is a directory", hint="store.path names the SQLite file")
+        try:
+            private_dir(self.path.parent)
+            private_file(self.path)
+            for suffix in ("-wal", "-shm"):
+                side = self.path.with_name(self.path.name + suffix)
+                if side.exists():
+                    private_file(side)
+        except OSError as exc:
+            raise StoreError(f"cannot create store '{self.path}': {exc.strerror or exc}") from None
+        with self._errors("open"):
+            self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            try:
+                self._db.execute("PRAGMA busy_timeout=10000")
+                self._init_schema()
+            except BaseException:
+                self._db.close()
+                raise
 
     # ----- bookkeeping ---------------------------------------------------------------------------------
-    def _check_dim(self) -> None:
-        row = self._db.execute("SELECT value FROM info WHERE key='embedding_dim'").fetchone()
-        if row is None:
-            self._db.execute("INSERT OR REPLACE INTO info VALUES ('embedding_dim', ?)", (str(self.embedding_dim),))
-        elif int(row[0]) != self.embedding_dim:
+    @contextlib.contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        """SQLite failures (a corrupted or foreign file, a locked or read-only store) -> one StoreError."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            msg = str(exc) or type(exc).__name__
+            if isinstance(exc, sqlite3.ProgrammingError) and "closed" in msg:
+                raise StoreError(f"store '{self.path}' is closed") from None
+            low = msg.lower()
+            if "could not decode" in low:  # sqlite3 quotes the damaged text: never echo stored content
+                msg, low = "stored text is not valid UTF-8", "corrupt"
+            msg = msg.splitlines()[0][:200]
+            if any(w in low for w in ("malformed", "not a database", "corrupt", "encrypted", "vtable constructor")):
+                hint = f"the file is damaged or not a ragconf store: {_REBUILD}"
+            elif "locked" in low or "busy" in low:
+                hint = "another process holds a write lock on the store; retry when it is done"
+            elif "readonly" in low or "read-only" in low or "unable to open" in low:
+                hint = "check that the store file and its folder exist and are writable by you"
+            elif "no such table" in low or "no such column" in low:
+                hint = f"the file is not a ragconf store of this version: {_REBUILD}"
+            else:
+                hint = None
+            raise StoreError(f"store '{self.path}': {what} failed: {msg}", hint=hint) from None
+
+    def _init_schema(self) -> None:
+        db = self._db
+        app_id = int(db.execute("PRAGMA application_id").fetchone()[0])
+        version = int(db.execute("PRAGMA user_version").fetchone()[0])
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
+        if app_id == APPLICATION_ID:
+            if version != SCHEMA_VERSION:
+                raise StoreError(
+                    f"store '{self.path}' has layout version {version}; this ragconf reads version {SCHEMA_VERSION}",
+                    hint=f"it was written by another ragconf version: {_REBUILD}, or use another store.path",
+                )
+        elif app_id != 0:
             raise StoreError(
-                f"store '{self.path}' holds {row[0]}-d vectors but the embedder makes {self.embedding_dim}-d ones",
-                hint="use another store.path or delete the store and re-ingest",
+                f"'{self.path}' is a SQLite database of another application (application_id {app_id:#x})",
+                hint="point store.path at a file of its own",
             )
+        elif tables:  # a store written before the store carried its application id, or a foreign database
+            columns = {r[1] for r in db.execute("PRAGMA table_info(chunks)")} | {"rowid"}
+            if not tables >= _TABLES or columns != _CHUNK_COLUMNS:
+                raise StoreError(
+                    f"'{self.path}' is a SQLite database but not a ragconf store (tables: "
+                    f"{', '.join(sorted(t for t in tables if not t.startswith('fts_'))[:8])})",
+                    hint="point store.path at a file of its own, or delete it to start an empty store",
+                )
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        with self._tx() as tx:
+            tx.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            tx.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            tx.execute("INSERT OR IGNORE INTO info VALUES ('generation', '0')")
+            row = tx.execute("SELECT value FROM info WHERE key='embedding_dim'").fetchone()
+            if row is None:
+                tx.execute("INSERT INTO info VALUES ('embedding_dim', ?)", (str(self.embedding_dim),))
+            elif str(row[0]) != str(self.embedding_dim):
+                raise StoreError(
+                    f"store '{self.path}' holds {row[0]}-d vectors but the embedder makes {self.embedding_dim}-d ones",
+                    hint="use another store.path or delete the store and re-ingest",
+                )
+        for suffix in ("-wal", "-shm"):  # SQLite gives them the database file's mode; make sure
+            side = self.path.with_name(self.path.name + suffix)
+            if side.exists():
+                private_file(side)
 
-    def _state(self) -> tuple[int, int]:
-        return (self._db.execute("PRAGMA data_version").fetchone()[0], self._writes)
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's read-only connection (opened on first use; those of finished threads are closed)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"store '{self.path}' is closed")
+            alive = []
+            for thread, other in self._readers:
+                if thread.is_alive():
+                    alive.append((thread, other))
+                else:
+                    other.close()
+            uri = self.path.resolve().as_uri() + "?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout=10000")
+            alive.append((threading.current_thread(), conn))
+            self._readers = alive
+        self._local.conn = conn
+        return conn
 
-    def _fresh(self) -> None:
-        """Drop in-memory caches when this or another connection committed since they were built."""
-        state = self._state()
-        if state != self._version:
-            self._matrix = None
-            self._rowids = None
-            self._masks.clear()
-            self._allowed_cache.clear()
-            self._count = None
-            self._version = state
+    @contextlib.contextmanager
+    def _read(self, what: str) -> Iterator[tuple[sqlite3.Connection, int]]:
+        """One read transaction on this thread's connection: (connection, generation it sees)."""
+        with self._errors(what):
+            conn = self._reader()
+            conn.execute("BEGIN")
+            try:
+                row = conn.execute("SELECT value FROM info WHERE key='generation'").fetchone()
+                yield conn, int(row[0]) if row else 0
+            finally:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+
+    def _snapshot(self, generation: int) -> _Snapshot:
+        """The cache of ``generation`` (call under the lock). A newer generation replaces the cache; a reader
+        still on an older one gets a private, throwaway cache."""
+        if generation == self._snap.generation:
+            return self._snap
+        if generation > self._snap.generation:
+            self._snap = _Snapshot(generation)
+            return self._snap
+        return _Snapshot(generation)
 
     def _tx(self) -> Any:
-        class _Tx:
-            def __init__(s, db: sqlite3.Connection) -> None:  # noqa: N805
-                s.db = db
+        store = self
 
+        class _Tx:
             def __enter__(s) -> sqlite3.Connection:  # noqa: N805
-                s.db.execute("BEGIN IMMEDIATE")
-                return s.db
+                if store._closed:
+                    raise StoreError(f"store '{store.path}' is closed")
+                store._db.execute("BEGIN IMMEDIATE")
+                return store._db
 
             def __exit__(s, et: Any, ev: Any, tb: Any) -> None:  # noqa: N805
-                s.db.execute("ROLLBACK" if et else "COMMIT")
+                if et is None:
+                    try:
+                        store._db.execute("UPDATE info SET value = CAST(value AS INTEGER) + 1 WHERE key='generation'")
+                        store._db.execute("COMMIT")
+                        return
+                    except BaseException:
+                        if store._db.in_transaction:
+                            with contextlib.suppress(sqlite3.Error):
+                                store._db.execute("ROLLBACK")
+                        raise
+                if store._db.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        store._db.execute("ROLLBACK")
 
-        return _Tx(self._db)
+        return _Tx()
 
     # ----- writing -------------------------------------------------------------------------------------
     def _insert(self, db: sqlite3.Connection, doc: Document, corpus: str | None = None) -> None:
@@ -156,7 +300,7 @@ class SQLiteChunkStore:
     def write_documents(self, documents: list[Document], policy: DuplicatePolicy = DuplicatePolicy.NONE) -> int:
         """Haystack protocol. NONE/FAIL raise on an existing id, SKIP keeps it, OVERWRITE replaces it."""
         written = 0
-        with self._lock, self._tx() as db:
+        with self._lock, self._errors("write"), self._tx() as db:
             for doc in documents:
                 exists = db.execute("SELECT 1 FROM chunks WHERE id=?", (doc.id,)).fetchone()
                 if exists:
@@ -169,58 +313,58 @@ class SQLiteChunkStore:
                     self._delete_where(db, "id = ?", [doc.id])
                 self._insert(db, doc)
                 written += 1
-            self._writes += 1
         return written
 
     def delete_documents(self, document_ids: list[str]) -> None:
-        with self._lock, self._tx() as db:
+        with self._lock, self._errors("delete"), self._tx() as db:
             for i in range(0, len(document_ids), 500):
                 part = document_ids[i : i + 500]
                 self._delete_where(db, f"id IN ({','.join('?' * len(part))})", part)
-            self._writes += 1
 
     def replace_doc(self, corpus: str, doc_id: str, chunks: list[Document], content_hash: str | None = None) -> None:
         """Atomically replace every chunk of one source document."""
         h = content_hash or (chunks[0].meta.get("content_hash") if chunks else "") or ""
-        with self._lock, self._tx() as db:
-            self._delete_where(db, "corpus = ? AND doc_id = ?", [corpus, doc_id])
-            for doc in chunks:
-                self._insert(db, doc, corpus)
-            db.execute("INSERT OR REPLACE INTO docs VALUES (?,?,?,?)", (corpus, doc_id, h, len(chunks)))
-            self._writes += 1
+        self.replace_docs(corpus, [(doc_id, h, chunks)])
 
     def replace_docs(self, corpus: str, items: list[tuple[str, str, list[Document]]]) -> None:
         """Several :meth:`replace_doc` in one transaction: (doc_id, content_hash, chunks) each."""
-        with self._lock, self._tx() as db:
+        with self._lock, self._errors("write"), self._tx() as db:
             for doc_id, h, chunks in items:
                 self._delete_where(db, "corpus = ? AND doc_id = ?", [corpus, doc_id])
                 for doc in chunks:
                     self._insert(db, doc, corpus)
                 db.execute("INSERT OR REPLACE INTO docs VALUES (?,?,?,?)", (corpus, doc_id, h, len(chunks)))
-            self._writes += 1
 
     def delete_docs(self, corpus: str, doc_ids: Iterable[str]) -> int:
         ids = list(doc_ids)
         removed = 0
-        with self._lock, self._tx() as db:
+        with self._lock, self._errors("delete"), self._tx() as db:
             for doc_id in ids:
                 self._delete_where(db, "corpus = ? AND doc_id = ?", [corpus, doc_id])
                 removed += db.execute("DELETE FROM docs WHERE corpus=? AND doc_id=?", (corpus, doc_id)).rowcount
-            self._writes += 1
         return removed
 
     def doc_hashes(self, corpus: str) -> dict[str, str]:
-        rows = self._db.execute("SELECT doc_id, content_hash FROM docs WHERE corpus=?", (corpus,)).fetchall()
+        with self._read("reading document hashes") as (db, _):
+            rows = db.execute("SELECT doc_id, content_hash FROM docs WHERE corpus=?", (corpus,)).fetchall()
         return {r[0]: r[1] for r in rows}
 
     # ----- reading -------------------------------------------------------------------------------------
     def count_documents(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
+        with self._read("count") as (db, _):
+            return int(db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
 
     def _row_to_doc(self, row: tuple[Any, ...], score: float | None = None, with_embedding: bool = True) -> Document:
         _, cid, _, content, meta, emb = row
-        embedding = np.frombuffer(emb, dtype=np.float32).tolist() if (emb is not None and with_embedding) else None
-        return Document(id=cid, content=content, meta=json.loads(meta), embedding=embedding, score=score)
+        try:
+            embedding = np.frombuffer(emb, dtype=np.float32).tolist() if (emb is not None and with_embedding) else None
+            meta_dict = json.loads(meta)
+        except (TypeError, ValueError) as exc:
+            raise StoreError(
+                f"store '{self.path}': chunk {cid!r} is damaged ({type(exc).__name__}: {exc})",
+                hint=f"the file is damaged: {_REBUILD}",
+            ) from None
+        return Document(id=cid, content=content, meta=meta_dict, embedding=embedding, score=score)
 
     def _where(self, filters: dict[str, Any] | None) -> tuple[str, list[Any]]:
         if not filters:
@@ -230,134 +374,162 @@ class SQLiteChunkStore:
 
     def filter_documents(self, filters: dict[str, Any] | None = None) -> list[Document]:
         where, params = self._where(filters)
-        try:
-            rows = self._db.execute(
+        with self._read("filtering documents") as (db, _):
+            rows = db.execute(
                 f"SELECT c.rowid, c.id, c.doc_id, c.content, c.meta, c.embedding FROM chunks c WHERE {where} "
                 "ORDER BY c.rowid",
                 params,
             ).fetchall()
-        except sqlite3.Error as exc:
-            raise StoreError(f"invalid filter: {exc}") from None
         return [self._row_to_doc(r) for r in rows]
 
     def bm25_retrieval(self, query: str, *, filters: dict[str, Any] | None = None, top_k: int = 10) -> list[Document]:
         terms = sorted(set(analyze(query)))
         if not terms or top_k <= 0:
             return []
+        top_k = min(int(top_k), _MAX_LIMIT)  # SQLite integers are 64-bit; more than every row is every row
         match = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
-        with self._lock:
-            self._fresh()
-            try:
-                if not filters:
-                    ranked = self._db.execute(
-                        "SELECT rowid, rank FROM fts WHERE fts MATCH ? ORDER BY rank LIMIT ?", (match, top_k)
-                    ).fetchall()
-                else:
-                    ranked = self._bm25_filtered(match, filters, top_k)
-            except sqlite3.Error as exc:
-                raise StoreError(f"BM25 query failed: {exc}") from None
-            rows = self._rows_by_rowid([r[0] for r in ranked])
+        where, params = self._where(filters)  # a malformed filter fails before any query
+        with self._read("BM25 query") as (db, gen):
+            if not filters:
+                ranked = db.execute(
+                    "SELECT rowid, rank FROM fts WHERE fts MATCH ? ORDER BY rank LIMIT ?", (match, top_k)
+                ).fetchall()
+            else:
+                ranked = self._bm25_filtered(db, gen, match, filters, where, params, top_k)
+            rows = self._rows_by_rowid(db, [r[0] for r in ranked])
         return [
             self._row_to_doc(rows[rid], score=-float(rank), with_embedding=False) for rid, rank in ranked if rid in rows
         ]
 
-    def _bm25_filtered(self, match: str, filters: dict[str, Any], top_k: int) -> list[tuple[int, float]]:
+    def _bm25_filtered(
+        self,
+        db: sqlite3.Connection,
+        gen: int,
+        match: str,
+        filters: dict[str, Any],
+        where: str,
+        params: list[Any],
+        top_k: int,
+    ) -> list[tuple[int, float]]:
         """Exact filtered top-k: the allowed rows among the global top-N are the filtered top-k when there are
         k of them; otherwise the filter runs inside the SQL query over every match."""
-        allowed = self._allowed(filters)
+        allowed, count = self._allowed(db, gen, filters, where, params)
         if not allowed:
             return []
-        if self._count is None:
-            self._count = self.count_documents()
-        total = max(1, self._count)
+        total = max(1, count)
         # read enough of the global ranking to expect top_k allowed rows (3x margin), then verify
         n = max(50, int(3 * top_k * total / len(allowed)))
         if n <= 20_000:
-            ranked = self._db.execute(
+            ranked = db.execute(
                 "SELECT rowid, rank FROM fts WHERE fts MATCH ? ORDER BY rank LIMIT ?", (match, n)
             ).fetchall()
             hits = [r for r in ranked if r[0] in allowed]
             if len(hits) >= top_k or len(ranked) < n:
                 return hits[:top_k]
-        where, params = self._where(filters)
-        return self._db.execute(
+        return db.execute(
             "SELECT fts.rowid, fts.rank FROM fts JOIN chunks c ON c.rowid = fts.rowid "
             f"WHERE fts MATCH ? AND {where} ORDER BY fts.rank LIMIT ?",
             [match, *params, top_k],
         ).fetchall()
 
-    def _rows_by_rowid(self, rowids: list[int]) -> dict[int, tuple[Any, ...]]:
+    def _rows_by_rowid(self, db: sqlite3.Connection, rowids: list[int]) -> dict[int, tuple[Any, ...]]:
         if not rowids:
             return {}
         return {
             r[0]: r
-            for r in self._db.execute(
+            for r in db.execute(
                 "SELECT rowid, id, doc_id, content, meta, NULL FROM chunks "
                 f"WHERE rowid IN ({','.join('?' * len(rowids))})",
                 rowids,
             )
         }
 
-    def _allowed(self, filters: dict[str, Any]) -> frozenset[int]:
-        """Row ids passing ``filters``, cached until the next write (a principal's filter repeats)."""
+    def _allowed(
+        self, db: sqlite3.Connection, gen: int, filters: dict[str, Any], where: str, params: list[Any]
+    ) -> tuple[frozenset[int], int]:
+        """(row ids passing ``filters``, chunk count) at generation ``gen``, cached per generation (a
+        principal's filter repeats). ``db`` must be in a read transaction that sees ``gen``."""
         key = json.dumps(filters, sort_keys=True, default=str)
-        cached = self._allowed_cache.get(key)
-        if cached is not None:
-            self._allowed_cache.move_to_end(key)
-            return cached
-        where, params = self._where(filters)
-        try:
-            allowed = frozenset(r[0] for r in self._db.execute(f"SELECT c.rowid FROM chunks c WHERE {where}", params))
-        except sqlite3.Error as exc:
-            raise StoreError(f"invalid filter: {exc}") from None
-        self._allowed_cache[key] = allowed
-        if len(self._allowed_cache) > self._mask_cache:
-            self._allowed_cache.popitem(last=False)
-        return allowed
+        with self._lock:
+            snap = self._snapshot(gen)
+            cached = snap.allowed.get(key)
+            if cached is not None:
+                snap.allowed.move_to_end(key)
+            count = snap.count
+        if count is None:
+            count = int(db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
+        if cached is None:
+            cached = frozenset(r[0] for r in db.execute(f"SELECT c.rowid FROM chunks c WHERE {where}", params))
+        with self._lock:
+            snap.count = count
+            snap.allowed[key] = cached
+            if len(snap.allowed) > self._mask_cache:
+                snap.allowed.popitem(last=False)
+        return cached, count
 
-    def _load_matrix(self) -> tuple[np.ndarray, np.ndarray]:
-        self._fresh()
-        if self._matrix is None or self._rowids is None:
-            rows = self._db.execute("SELECT rowid, embedding FROM chunks WHERE embedding IS NOT NULL ORDER BY rowid")
+    def _load_matrix(self, db: sqlite3.Connection, gen: int) -> tuple[_Snapshot, np.ndarray, np.ndarray]:
+        with self._lock:
+            snap = self._snapshot(gen)
+            if snap.matrix is not None and snap.rowids is not None:
+                return snap, snap.rowids, snap.matrix
+            # built under the lock: concurrent readers of a new generation wait for one build
             ids: list[int] = []
             blobs: list[bytes] = []
-            for rid, blob in rows:
+            width = 4 * self.embedding_dim
+            for rid, blob in db.execute(
+                "SELECT rowid, embedding FROM chunks WHERE embedding IS NOT NULL ORDER BY rowid"
+            ):
+                if not isinstance(blob, bytes) or len(blob) != width:
+                    raise StoreError(
+                        f"store '{self.path}': the vector of row {rid} is damaged (not {self.embedding_dim} floats)",
+                        hint=f"the file is damaged: {_REBUILD}",
+                    )
                 ids.append(rid)
                 blobs.append(blob)
-            self._rowids = np.asarray(ids, dtype=np.int64)
-            self._matrix = (
+            snap.rowids = np.asarray(ids, dtype=np.int64)
+            snap.matrix = (
                 np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(ids), self.embedding_dim)
                 if ids
                 else np.zeros((0, self.embedding_dim), dtype=np.float32)
             )
-        return self._rowids, self._matrix
+            return snap, snap.rowids, snap.matrix
 
-    def _mask(self, filters: dict[str, Any], rowids: np.ndarray) -> np.ndarray:
+    def _mask(
+        self, db: sqlite3.Connection, gen: int, snap: _Snapshot, filters: dict[str, Any], rowids: np.ndarray
+    ) -> np.ndarray:
         key = json.dumps(filters, sort_keys=True, default=str)
-        cached = self._masks.get(key)
-        if cached is not None:
-            self._masks.move_to_end(key)
-            return cached
-        allowed = np.fromiter(self._allowed(filters), dtype=np.int64)
-        mask = np.isin(rowids, allowed)
-        self._masks[key] = mask
-        if len(self._masks) > self._mask_cache:
-            self._masks.popitem(last=False)
+        with self._lock:
+            cached = snap.masks.get(key)
+            if cached is not None:
+                snap.masks.move_to_end(key)
+                return cached
+        where, params = self._where(filters)
+        allowed, _ = self._allowed(db, gen, filters, where, params)
+        mask = np.isin(rowids, np.fromiter(allowed, dtype=np.int64, count=len(allowed)))
+        with self._lock:
+            snap.masks[key] = mask
+            if len(snap.masks) > self._mask_cache:
+                snap.masks.popitem(last=False)
         return mask
 
     def embedding_retrieval(
         self, query_embedding: list[float], *, filters: dict[str, Any] | None = None, top_k: int = 10
     ) -> list[Document]:
-        q = np.asarray(query_embedding, dtype=np.float32)
+        try:
+            q = np.asarray(query_embedding, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"query embedding is not a vector of numbers ({exc})") from None
         if q.shape != (self.embedding_dim,):
             raise StoreError(f"query embedding has shape {q.shape}, store expects ({self.embedding_dim},)")
-        with self._lock:
-            rowids, matrix = self._load_matrix()
+        if filters:
+            self._where(filters)  # a malformed filter fails before any query
+        with self._read("dense query") as (db, gen):
+            snap, rowids, matrix = self._load_matrix(db, gen)
             if len(rowids) == 0 or top_k <= 0:
                 return []
-            scores = matrix @ q
+            scores = matrix @ q  # outside the lock: numpy releases the GIL
             if filters:
-                mask = self._mask(filters, rowids)
+                mask = self._mask(db, gen, snap, filters, rowids)
                 scores = np.where(mask, scores, -np.inf)
                 n_ok = int(mask.sum())
             else:
@@ -369,7 +541,7 @@ class SQLiteChunkStore:
             top = top[np.argsort(-scores[top], kind="stable")]
             top = top[np.isfinite(scores[top])]
             chosen = [int(rowids[i]) for i in top]
-            by_id = self._rows_by_rowid(chosen)
+            by_id = self._rows_by_rowid(db, chosen)
         return [
             self._row_to_doc(by_id[rid], score=float(scores[i]), with_embedding=False)
             for rid, i in zip(chosen, top, strict=True)
@@ -378,16 +550,26 @@ class SQLiteChunkStore:
 
     def fingerprint(self) -> dict[str, Any]:
         h = hashlib.sha256()
-        for cid, meta in self._db.execute("SELECT id, json_extract(meta, '$.content_hash') FROM chunks ORDER BY id"):
-            h.update(f"{cid}:{meta}\n".encode())
-        docs = self._db.execute("SELECT COUNT(*) FROM docs").fetchone()[0]
-        return {"documents": int(docs), "chunks": self.count_documents(), "content_hash": h.hexdigest()}
+        with self._read("fingerprint") as (db, _):
+            for cid, meta in db.execute("SELECT id, json_extract(meta, '$.content_hash') FROM chunks ORDER BY id"):
+                h.update(f"{cid}:{meta}\n".encode())
+            docs = db.execute("SELECT COUNT(*) FROM docs").fetchone()[0]
+            chunks = db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
+        return {"documents": int(docs), "chunks": int(chunks), "content_hash": h.hexdigest()}
 
     def close(self) -> None:
-        try:
-            self._db.close()
-        except sqlite3.Error:
-            pass
+        """Close the writer and every thread's reader connection (idempotent)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for _, conn in self._readers:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            self._readers = []
+            self._snap = _Snapshot(-1)
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
 
     # ----- Haystack serialisation ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -122,8 +122,11 @@ class RunHandle:
     def _safe(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         if self.run_id is None:
             return None
+        from ragconf._fs import private_umask
+
         try:
-            return fn(*args, **kwargs)
+            with private_umask():  # artifacts MLflow writes (under .ragconf/mlartifacts) are 0600
+                return fn(*args, **kwargs)
         except Exception as exc:  # never lose the caller's result over tracking
             self._tracker.warn(f"{what} failed: {exc}")
             return None
@@ -264,7 +267,10 @@ class Tracker:
                 logging.getLogger(name).setLevel(logging.WARNING)
 
             if self.uri.startswith("sqlite:///"):
-                self.workdir.mkdir(parents=True, exist_ok=True)
+                from ragconf._fs import private_file, private_workdir
+
+                private_workdir(self.workdir)  # 0700, and the database 0600 before MLflow creates it
+                private_file(self.uri[len("sqlite:///") :])
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
 
