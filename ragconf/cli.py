@@ -464,6 +464,96 @@ def policy_eval(
         raise typer.Exit(3)
 
 
+@policy_app.command("explain")
+@handle_errors
+def policy_explain(
+    user: Annotated[str, typer.Option("--user", "-u", help="User id from the identity config.")],
+    doc: Annotated[str, typer.Option("--doc", "-d", help="Document id (citations[].doc_id of `ask --json`).")],
+    query: Annotated[str | None, typer.Option("--query", "-q", help="The question, as the request sees it.")] = None,
+    overrides: Overrides = None,
+    config_dir: ConfigDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Why USER can or cannot see DOC: the filter decision, the per-document decision, the condition that
+    denied it (tenant, clearance, groups or a custom rule) and the decision ids."""
+    from ragconf.policy.explain import explain_document
+
+    rag = _app(config_dir, overrides)
+    try:
+        result = explain_document(
+            rag.policy, rag.store, rag.principal(user), doc, query=query, corpus=rag.spec.corpus.name
+        )
+    finally:
+        rag.close()
+    if as_json:
+        _emit(result.to_dict())
+    else:
+        for line in result.lines():
+            typer.echo(line)
+
+
+@app.command("audit")
+@handle_errors
+def audit_cmd(
+    user: Annotated[str | None, typer.Option("--user", "-u", help="Decisions about this principal.")] = None,
+    doc: Annotated[
+        str | None, typer.Option("--doc", "-d", help="Decisions that allowed or denied this document (or chunk id).")
+    ] = None,
+    decision: Annotated[str | None, typer.Option("--decision", help="One decision id (a prefix is enough).")] = None,
+    run: Annotated[str | None, typer.Option("--run", help="Decisions of this run id.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=0, help="Newest N records (0: all).")] = 50,
+    overrides: Overrides = None,
+    config_dir: ConfigDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Query the policy audit log, rotated files included."""
+    from ragconf.errors import SpecError
+    from ragconf.policy.audit import query_audit
+
+    if not any((user, doc, decision, run)):
+        raise SpecError("say which decisions to show", key="audit", hint="--user U, --doc D, --decision ID or --run R")
+    loaded = _load(config_dir, overrides)
+    audit = loaded.spec.policy.audit
+    if audit.sink == "none":
+        raise SpecError("the audit log is off (sink: none): nothing to query", key="policy.audit.sink")
+    path = Path(audit.path or Path(loaded.spec.project.workdir) / "audit.jsonl")
+    chunk_ids: set[str] | None = None
+    if doc:
+        from ragconf.policy.explain import doc_chunks
+
+        chunk_ids = {doc}
+        rag = _app(config_dir, overrides)
+        try:
+            chunk_ids |= {str(c.id) for c in doc_chunks(rag.store, doc, rag.spec.corpus.name)}
+        except SpecError:
+            pass  # not (or no longer) in the store: match it as a chunk id
+        finally:
+            rag.close()
+    rows = query_audit(path, user=user, chunk_ids=chunk_ids, decision=decision, run=run)
+    if limit:
+        rows = rows[-limit:]
+    if as_json:
+        _emit(rows)
+        return
+    if not rows:
+        typer.echo(f"no matching decisions in {path} (and its rotated files)", err=True)
+    for r in rows:
+        what = f"result={json.dumps(r.get('result'), default=str)[:80]}"
+        if "allowed" in r:
+            what = f"allowed {r.get('allowed')}, denied {r.get('denied')}"
+            if chunk_ids:
+                hit_ok = chunk_ids & set(r.get("allowed_ids") or [])
+                hit_no = chunk_ids & set(r.get("denied_ids") or [])
+                what += f"; this document: {len(hit_ok)} chunks allowed, {len(hit_no)} denied"
+        if r.get("error"):
+            what = f"ERROR {r['error']}"
+        run_tag = f"  run {r['run_id']}" if r.get("run_id") else ""
+        typer.echo(
+            f"{r.get('time', '')}  {r.get('decision_id', '')}  {r.get('principal')}  "
+            f"{r.get('policy', '')}.{r.get('rule', '')}  {what}{run_tag}"
+        )
+
+
 @runs_app.command("list")
 @handle_errors
 def runs_list(

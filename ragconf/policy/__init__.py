@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ragconf.policy.audit import AuditLog
+from ragconf.policy.audit import AuditLog, query_audit, run_context, set_run_id
 from ragconf.policy.engine import OpaServerEngine, PolicyEngine, RegoEngine, bundle_revision, load_engine
 from ragconf.policy.service import (
     DocsDecision,
@@ -29,6 +29,9 @@ __all__ = [
     "RegoEngine",
     "RouteDecision",
     "build_policy_service",
+    "query_audit",
+    "run_context",
+    "set_run_id",
     "bundle_revision",
     "load_engine",
     "run_policy_tests",
@@ -41,4 +44,5 @@ def build_policy_service(cfg: Mapping[str, Any], *, workdir: Path) -> PolicyServ
     path = None
     if audit_cfg.get("sink", "file") == "file":
         path = audit_cfg.get("path") or str(Path(workdir) / "audit.jsonl")
-    return PolicyService(load_engine(cfg), AuditLog(path), cfg.get("bundle"))
+    audit = AuditLog(path, max_bytes=int(audit_cfg.get("max_bytes") or 0), keep=int(audit_cfg.get("keep") or 5))
+    return PolicyService(load_engine(cfg), audit, cfg.get("bundle"))

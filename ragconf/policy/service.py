@@ -116,6 +116,15 @@ class PolicyService:
         meta = doc.meta or {}
         return {f: meta[f] for f in self.document_fields if f in meta}
 
+    def document_access(self, doc: Any) -> dict[str, Any]:
+        """The metadata of ``doc`` the access policy sees (``document.meta``)."""
+        return self._doc_input(doc)
+
+    def decide(self, path: str, data: dict[str, Any], principal_id: str | None = None) -> tuple[Any, str]:
+        """Evaluate rule ``path`` for ``data``, audited: (value, decision id). An engine error raises
+        PolicyError (deny); undefined is None."""
+        return self._decide(path, data, principal_id, masked=("request.query",) if "request" in data else ())
+
     # ----- decisions -----------------------------------------------------------------------------------
     def retrieval_filter(self, principal: Any, request: dict[str, Any]) -> FilterDecision:
         """The filter pushed into every retriever. Undefined or malformed: AccessDenied (fail closed)."""
@@ -151,9 +160,17 @@ class PolicyService:
             keys.append(signatures[key])
 
         def summary(result: Any) -> dict[str, Any]:
-            ok = set(result or [])
-            allowed = sum(1 for k in keys if str(k) in ok)
-            return {"allowed": allowed, "denied": len(keys) - allowed, "signatures": len(unique)}
+            ok = {str(x) for x in (result or [])}
+            allowed_ids = [str(d.id) for d, k in zip(documents, keys, strict=True) if str(k) in ok]
+            denied_ids = [str(d.id) for d, k in zip(documents, keys, strict=True) if str(k) not in ok]
+            return {
+                "allowed": len(allowed_ids),
+                "denied": len(denied_ids),
+                "signatures": len(unique),
+                # chunk ids (opaque hashes, never titles or paths): `ragconf audit --doc` finds decisions by them
+                "allowed_ids": allowed_ids,
+                "denied_ids": denied_ids,
+            }
 
         result, did = self._decide(
             "ragconf/access/allowed_ids",

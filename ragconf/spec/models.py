@@ -195,6 +195,10 @@ class IdentitySpec(_Strict):
 class AuditSpec(_Strict):
     sink: Literal["file", "none"] = "file"
     path: str | None = None
+    #: Rotate the audit file when a line would take it past this size (0: never rotate).
+    max_bytes: int = Field(default=10_000_000, ge=0, le=2**40)
+    #: Rotated files kept (audit.jsonl.1 newest ... audit.jsonl.<keep> oldest); `ragconf audit` reads them all.
+    keep: int = Field(default=5, ge=1, le=1000)
 
 
 class PolicySpec(_Strict):

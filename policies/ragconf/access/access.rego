@@ -58,10 +58,12 @@ groups_ok(meta) if {
 	meta.acl_groups in input.principal.groups
 }
 
+clearance_ok(meta) if clearance >= doc_level(meta)
+
 visible(meta) if {
 	valid_principal
 	tenant_ok(meta)
-	clearance >= doc_level(meta)
+	clearance_ok(meta)
 	groups_ok(meta)
 }
 
@@ -71,6 +73,23 @@ visible(meta) if {
 default allow := false
 
 allow if visible(input.document.meta)
+
+# METADATA
+# title: Why a document is not visible
+# description: |
+#   The conditions of `visible` that input.document.meta fails for input.principal: "principal" (not usable),
+#   "tenant", "clearance" (below the classification, or an unknown classification), "groups". Empty when the
+#   document is visible. `ragconf policy explain` reports it; a denial it does not explain is a custom rule.
+denied_by contains "principal" if not valid_principal
+
+denied_by contains "tenant" if not tenant_ok(input.document.meta)
+
+denied_by contains "clearance" if {
+	valid_principal
+	not clearance_ok(input.document.meta)
+}
+
+denied_by contains "groups" if not groups_ok(input.document.meta)
 
 # METADATA
 # title: Batched check

@@ -53,6 +53,18 @@ cases := [
 		{"id": "b", "meta": runbook},
 		{"id": "c", "meta": {"classification": "public", "acl_groups": ["contractors"]}},
 	]}},
+	{"name": "denied_by names every failed condition", "rule": "denied_by", "expect": ["clearance", "groups"],
+	 "input": {"principal": carol, "document": {"meta": runbook}}},
+	{"name": "denied_by names the tenant", "rule": "denied_by", "expect": ["tenant"],
+	 "input": {"principal": alice, "document": {"meta": {"tenant": "globex", "classification": "public"}}}},
+	{"name": "denied_by: an unknown classification is a clearance denial", "rule": "denied_by", "expect": ["clearance"],
+	 "input": {"principal": alice, "document": {"meta": {"tenant": "acme", "classification": "secret"}}}},
+	{"name": "denied_by: an empty acl is a groups denial", "rule": "denied_by", "expect": ["groups"],
+	 "input": {"principal": alice, "document": {"meta": {"acl_groups": []}}}},
+	{"name": "denied_by: an unusable principal", "rule": "denied_by", "expect": ["principal"],
+	 "input": {"principal": {"id": "", "groups": [], "tenant": "acme", "clearance": "restricted"}, "document": {"meta": {"tenant": "acme"}}}},
+	{"name": "denied_by is empty for a visible document", "rule": "denied_by", "expect": [],
+	 "input": {"principal": alice, "document": {"meta": runbook}}},
 	{"name": "filter for a tenant user", "rule": "filter", "input": {"principal": carol}, "expect": {
 		"operator": "AND", "conditions": [
 			{"field": "meta.tenant", "operator": "in", "value": [null, "acme"]},
