@@ -445,18 +445,14 @@ def policy_eval(
     config_dir: ConfigDir = None,
 ) -> None:
     """Evaluate one decision and print it as JSON (undefined prints null and exits 3)."""
-    import yaml
-
     from ragconf.errors import SpecError
     from ragconf.policy import load_engine
+    from ragconf.yamlsafe import safe_load_file
 
     spec = _load(config_dir, overrides).spec
     if not input_file.is_file():
         raise SpecError(f"input file '{input_file}' does not exist", key="--input")
-    try:
-        data = yaml.safe_load(input_file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise SpecError(f"cannot parse: {exc}", key="--input", source=str(input_file)) from None
+    data = safe_load_file(input_file)  # bounded (alias bombs), non-UTF-8 and parse errors are one SpecError line
     engine = load_engine(spec.policy.model_dump())
     value = engine.evaluate(package.replace(".", "/"), data)
     _emit(value)

@@ -180,3 +180,10 @@ def test_rule_failing_at_evaluation_fails_closed_with_one_line(tmp_path: Path) -
     )
     assert proc.returncode == 3 and "Traceback" not in proc.stderr
     assert "evaluating data.ragconf.access.conflict failed" in proc.stderr
+
+
+def test_policy_eval_input_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "in.json"
+    bad.write_bytes(b"\xff\xfe{}")
+    proc = run_cli("policy", "eval", "ragconf.access.filter", "--input", str(bad), cwd=tmp_path)
+    assert proc.returncode == 2 and "not UTF-8" in proc.stderr and "Traceback" not in proc.stderr
