@@ -29,15 +29,16 @@ class Directory:
             self.sources[uid] = "identity.users"
 
     def _load_dir(self, root: Path) -> None:
-        import yaml
+        from ragconf.yamlsafe import safe_load_file
 
         if not root.is_dir():
             raise SpecError(f"users directory '{root}' does not exist", key="identity.users_dir")
         for path in sorted(root.glob("*.y*ml")):
-            try:
-                data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-            except yaml.YAMLError as exc:
-                raise SpecError(f"invalid YAML: {exc}", key="identity.users_dir", source=str(path)) from None
+            data = safe_load_file(path) or {}  # SpecError naming the file: not UTF-8, not YAML, an alias bomb
+            if path.stem == "users" and not isinstance(data, dict):
+                raise SpecError(
+                    f"must map user ids to users, got {type(data).__name__}", key="identity.users_dir", source=str(path)
+                )
             entries: dict[str, Any] = data if path.stem == "users" else {path.stem: data}
             for uid, raw in entries.items():
                 try:

@@ -122,9 +122,9 @@ def _compose(text: str, where: str, error: type[RagconfError]) -> tuple[Any, yam
     except yaml.YAMLError as exc:
         loader.dispose()
         raise _SyntaxError(error(f"{where}: invalid YAML: {_describe(exc)}")) from None
-    except RecursionError:
+    except RecursionError:  # a limit, not a syntax error: no YAML library can load it
         loader.dispose()
-        raise _SyntaxError(error(f"{where}: invalid YAML: nested too deeply")) from None
+        raise error(f"{where}: refusing YAML nested too deeply") from None
 
 
 def check(text: str, where: str, *, error: type[RagconfError] = SpecError, syntax: bool = True) -> None:
@@ -154,7 +154,7 @@ def safe_load(text: str, where: str, *, error: type[RagconfError] = SpecError) -
     except yaml.YAMLError as exc:
         raise error(f"{where}: invalid YAML: {_describe(exc)}") from None
     except RecursionError:
-        raise error(f"{where}: invalid YAML: nested too deeply") from None
+        raise error(f"{where}: refusing YAML nested too deeply") from None
     finally:
         loader.dispose()
 

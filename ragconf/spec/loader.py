@@ -167,8 +167,27 @@ def _explain_hydra_error(exc: Exception, overrides: list[str], dirs: list[Path],
             source="command line",
             hint="overrides look like key=value, +new.key=value or group=option",
         )
+    bad_file = _find_unreadable_yaml(dirs)
+    if bad_file is not None:
+        return bad_file
     first = msg.strip().splitlines()[0] if msg.strip() else type(exc).__name__
     return SpecError(f"cannot compose the config: {first}", source=", ".join(str(d) for d in dirs))
+
+
+def _find_unreadable_yaml(dirs: list[Path]) -> SpecError | None:
+    """Hydra's YAML and decoding errors do not name the file: find a user config file that is not UTF-8 or
+    not YAML (the built-in configs are known good) and name it, with line and column."""
+    from ragconf import yamlsafe
+
+    for d in dirs:
+        if d == BUILTIN_CONFIG_DIR:
+            continue
+        for f in sorted(d.rglob("*.yaml"))[:MAX_CONFIG_FILES]:
+            try:
+                yamlsafe.check(yamlsafe.read_text(f), str(f))
+            except SpecError as exc:
+                return SpecError(f"cannot compose the config: {exc.message}", hint=exc.hint)
+    return None
 
 
 def _compose_adding_schema_keys(dirs: list[Path], overrides: list[str], config_name: str) -> Any:
@@ -300,11 +319,36 @@ def load_config(
         ) from None
     assert isinstance(raw, dict)
     data: dict[str, Any] = {str(k): v for k, v in raw.items()}
+    _check_integers(data, "", choices, dirs, overrides)
     try:
         spec = RagconfSpec.model_validate(data)
     except ValidationError as exc:
         raise _explain_validation(exc, data, choices, dirs, overrides) from None
     return LoadedConfig(spec=spec, data=data, overrides=overrides, config_dirs=dirs, choices=choices)
+
+
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+
+
+def _check_integers(node: Any, key: str, choices: dict[str, str], dirs: list[Path], overrides: list[str]) -> None:
+    """Every integer in a config is a 64-bit one (SQLite, numpy and ONNX take nothing larger): an absurd
+    number is a config error naming the key and the range, not an OverflowError deep inside a component."""
+    if isinstance(node, bool):
+        return
+    if isinstance(node, int):
+        if not INT_MIN <= node <= INT_MAX:
+            shown = str(node) if len(str(node)) <= 30 else str(node)[:27] + "..."
+            raise SpecError(
+                f"{shown} is out of range (integers must be between {INT_MIN} and {INT_MAX})",
+                key=key or None,
+                source=_source_of(key, choices, dirs, overrides) if key else None,
+            )
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            _check_integers(v, f"{key}.{k}" if key else str(k), choices, dirs, overrides)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            _check_integers(v, f"{key}[{i}]", choices, dirs, overrides)
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:

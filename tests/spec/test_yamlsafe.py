@@ -37,7 +37,7 @@ def test_error_class_is_the_callers() -> None:
     [
         ("a: &a [*a]", "recursive alias"),
         ("a: &a {b: *a}", "recursive alias"),
-        ("[" * 50_000, "nested too deeply"),
+        ("[" * 50_000, "refusing YAML nested too deeply"),
         ("x: [1, 2\n", r"invalid YAML: .* at line 2, column 1"),
         ("a: 1\n---\nb: 2\n", "invalid YAML"),
         ("a: !!python/object/apply:os.system [ls]", "could not determine a constructor"),
