@@ -17,6 +17,7 @@ from ragconf.errors import (
 
 if TYPE_CHECKING:
     from ragconf.runtime import Answer, RagApp
+    from ragconf.service import RagService
     from ragconf.spec import LoadedConfig, load_config
 
 __version__ = "0.1.0"
@@ -28,6 +29,7 @@ __all__ = [
     "LoadedConfig",
     "PolicyError",
     "RagApp",
+    "RagService",
     "RagconfError",
     "RegistryError",
     "SpecError",
@@ -40,6 +42,7 @@ __all__ = [
 _LAZY = {
     "Answer": "ragconf.runtime",
     "RagApp": "ragconf.runtime",
+    "RagService": "ragconf.service",
     "LoadedConfig": "ragconf.spec",
     "load_config": "ragconf.spec",
 }

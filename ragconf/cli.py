@@ -10,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import click
 import typer
 
 from ragconf.errors import RagconfError
@@ -57,29 +56,11 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except RagconfError as exc:
-            if os.environ.get("RAGCONF_DEBUG"):
-                import traceback
-
-                traceback.print_exc()
             _err(str(exc))
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             _err("interrupted; everything committed so far is kept, re-run to continue")
             raise typer.Exit(130) from None
-        except (typer.Exit, typer.Abort, click.ClickException):
-            raise  # click prints these itself
-        except Exception as exc:  # a bug, not a user mistake: one line, the traceback on request
-            if os.environ.get("RAGCONF_DEBUG"):
-                import traceback
-
-                traceback.print_exc()
-            detail = " ".join(str(exc).split())[:500]
-            _err(
-                f"internal error: {type(exc).__name__}: {detail} (set RAGCONF_DEBUG=1 for a traceback)"
-                if detail
-                else f"internal error: {type(exc).__name__} (set RAGCONF_DEBUG=1 for a traceback)"
-            )
-            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -94,6 +75,12 @@ def _app(config_dir: Path | None, overrides: list[str] | None) -> Any:
     from ragconf.runtime import RagApp
 
     return RagApp(_load(config_dir, overrides), config_dir=config_dir)
+
+
+def _service(config_dir: Path | None, overrides: list[str] | None) -> Any:
+    from ragconf.service import RagService
+
+    return RagService(_app(config_dir, overrides), source="cli")
 
 
 def _emit(obj: Any) -> None:
@@ -111,12 +98,8 @@ def validate(overrides: Overrides = None, config_dir: ConfigDir = None, as_json:
     stages["generators"] = ", ".join(rag.profiles)
     revision = rag.policy.bundle_revision
     users = rag.directory.ids()
-    from ragconf.policy.consistency import check_configured
-
-    visibility = check_configured(rag.spec, rag.policy.engine)
     result = {
-        "valid": visibility.ok,
-        "visibility": visibility.to_dict(),
+        "valid": True,
         "config_hash": rag.loaded.hash,
         "choices": rag.loaded.choices,
         "pipeline": rag.retrieval.name,
@@ -133,20 +116,7 @@ def validate(overrides: Overrides = None, config_dir: ConfigDir = None, as_json:
         typer.echo(f"  profiles:  {stages['generators']}")
         typer.echo(f"  policies:  revision {revision[:12]}")
         typer.echo(f"  users:     {', '.join(users) or '(none)'}")
-        _print_visibility(visibility, indent="  ")
     rag.close()
-    if not visibility.ok:
-        _err("the access policy's filter and allow disagree (see the counterexamples above)")
-        raise typer.Exit(2)
-
-
-def _print_visibility(report: Any, indent: str = "") -> None:
-    """The filter/allow consistency line, and counterexamples when they disagree."""
-    typer.echo(indent + report.summary())
-    for n, example in enumerate(report.counterexamples, 1):
-        typer.echo(f"{indent}counterexample {n}:")
-        for line in example.lines():
-            typer.echo(indent + line)
 
 
 def _progress(enabled: bool) -> Any:
@@ -174,24 +144,19 @@ def _progress(enabled: bool) -> Any:
 @handle_errors
 def ingest(overrides: Overrides = None, config_dir: ConfigDir = None, as_json: JsonFlag = False) -> None:
     """Read the corpus sources, chunk, embed and write to the store (incremental and idempotent)."""
-    rag = _app(config_dir, overrides)
+    svc = _service(config_dir, overrides)
+    rag = svc.rag
     show = not as_json and sys.stderr.isatty()
     prog, update = _progress(show)
-    tracker = _tracker(rag)
     try:
-        with tracker.start_run("ingest", config=rag.loaded.data, overrides=rag.loaded.overrides) as run:
-            if prog is not None:
-                with prog:
-                    summary = rag.ingest(progress=update)
-            else:
-                summary = rag.ingest(progress=None if as_json else _plain_progress)
-            _log_manifest(run, rag)
-            run.log_metrics(_summary_metrics(summary))
-            run_id = run.run_id
+        if prog is not None:
+            with prog:
+                result = svc.ingest(progress=update)
+        else:
+            result = svc.ingest(progress=None if as_json else _plain_progress)
     finally:
-        rag.close()
-    data = _summary_dict(summary)
-    data["run_id"] = run_id
+        svc.close()
+    data = result.to_dict()
     if as_json:
         _emit(data)
     else:
@@ -211,33 +176,6 @@ def _plain_progress(done: int, total: int) -> None:
         typer.echo(f"  {done}/{total} documents", err=True)
 
 
-def _summary_dict(summary: Any) -> dict[str, Any]:
-    from dataclasses import asdict, is_dataclass
-
-    data = asdict(summary) if is_dataclass(summary) and not isinstance(summary, type) else dict(summary)
-    data["errors"] = [str(e) for e in data.get("errors") or []]
-    return data
-
-
-def _summary_metrics(summary: Any) -> dict[str, float]:
-    data = _summary_dict(summary)
-    return {k: float(v) for k, v in data.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-
-
-def _tracker(rag: Any) -> Any:
-    from ragconf.tracking import make_tracker
-
-    return make_tracker(rag.spec.tracking.model_dump(), workdir=rag.workdir)
-
-
-def _log_manifest(run: Any, rag: Any) -> None:
-    """Model, index and policy fingerprints plus the Haystack pipeline YAML."""
-    run.log_model_fingerprint(rag.spec.embedder.model, rag.embedder.model_files())
-    run.log_index_fingerprint(rag.store.fingerprint())
-    run.log_policy_revision(rag.policy.bundle_revision)
-    run.log_text(rag.retrieval.pipeline.dumps(), "pipeline.yaml")
-
-
 @app.command()
 @handle_errors
 def ask(
@@ -248,15 +186,15 @@ def ask(
     as_json: JsonFlag = False,
 ) -> None:
     """Answer a question with numbered citations, as USER (documents the policy denies are never used)."""
-    rag = _app(config_dir, overrides)
+    svc = _service(config_dir, overrides)
+    rag = svc.rag
     try:
-        answer = rag.ask(question, user)
-        answer.run_id = _track_ask(rag, answer)
+        answer = svc.ask(question, user)
         if not answer.documents and rag.store.count_documents() == 0:
             where = rag.spec.store.model_dump().get("path") or rag.spec.store.type
             _warn(f"the store at {where} is empty: run `ragconf ingest` first (with the same overrides)")
     finally:
-        rag.close()
+        svc.close()
     if as_json:
         _emit(answer.to_dict())
         return
@@ -269,37 +207,6 @@ def ask(
             )
     if answer.refused:
         raise typer.Exit(3)
-
-
-def _track_ask(rag: Any, answer: Any) -> str | None:
-    if not (rag.spec.tracking.enabled and rag.spec.tracking.log_asks):
-        return None
-    try:
-        tracker = _tracker(rag)
-        with tracker.start_run("ask", config=rag.loaded.data, overrides=rag.loaded.overrides) as run:
-            run.set_tags({f"decision.{k}": v for k, v in answer.decision_ids.items()})
-            run.log_metrics({k: v for k, v in answer.timings_ms.items()})
-            if answer.trace:
-                run.log_trace("ask", answer.trace)
-            question = answer.question
-            if answer.redact_logs:
-                from ragconf.policy.redact import redact
-
-                question = redact(question)[0]
-            run.log_dict(
-                {
-                    "question": question,
-                    "user": answer.user,
-                    "documents": [d["chunk_id"] for d in answer.documents],
-                    "citations": answer.citations,
-                    "route": answer.route,
-                },
-                "ask.json",
-            )
-            return str(run.run_id) if run.run_id else None
-    except Exception as exc:  # tracking never loses the answer
-        typer.secho(f"warning: tracking failed: {exc}", fg=typer.colors.YELLOW, err=True)
-        return None
 
 
 @app.command()
@@ -349,27 +256,24 @@ def eval_cmd(
     as_json: JsonFlag = False,
 ) -> None:
     """Run the evaluation set, report metrics and leakage, and fail (exit 4) when a gate fails."""
-    from ragconf.experiment import run_eval
     from ragconf.spec import expand_sweep
 
     combos = expand_sweep(list(overrides or [])) if multirun else [list(overrides or [])]
     results = []
     parent = None
     if multirun and len(combos) > 1:
-        rag0 = _app(config_dir, combos[0])
-        parent = _tracker(rag0).start_parent("sweep", overrides=list(overrides or []))
+        parent = _service(config_dir, combos[0]).start_sweep(list(overrides or []))
     try:
         for combo in combos:
-            rag = _app(config_dir, combo)
+            svc = _service(config_dir, combo)
             try:
-                tracker = _tracker(rag)
-                if parent is not None:
-                    tracker.parent_run_id = parent.run_id
-                result = run_eval(
-                    rag, user=user, tracker=tracker, progress=None if as_json else _plain_progress_queries
+                result = svc.evaluate(
+                    user=user,
+                    progress=None if as_json else _plain_progress_queries,
+                    parent_run_id=getattr(parent, "run_id", None),
                 )
             finally:
-                rag.close()
+                svc.close()
             results.append((combo, result))
     finally:
         if parent is not None:
@@ -410,14 +314,9 @@ def policy_test(
     overrides: Overrides = None,
     config_dir: ConfigDir = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
-    cases: Annotated[
-        int, typer.Option("--cases", min=0, help="Principal x document cases of the filter/allow check (0: skip).")
-    ] = 6000,
 ) -> None:
-    """Run every *_test.rego of the bundle through the configured engine, then check that the access
-    policy's filter (as the store evaluates it) and allow agree on generated principals x documents."""
+    """Run every *_test.rego of the bundle through the configured engine."""
     from ragconf.policy import load_engine, run_policy_tests
-    from ragconf.policy.consistency import check_configured
 
     spec = _load(config_dir, overrides).spec
     report = run_policy_tests(Path(spec.policy.bundle), load_engine(spec.policy.model_dump(), tests=True))
@@ -425,12 +324,7 @@ def policy_test(
         if verbose or not item.passed:
             typer.echo(f"{'PASS' if item.passed else 'FAIL'} {item.name}" + (f": {item.error}" if item.error else ""))
     typer.echo(f"{report.passed} passed, {report.failed} failed")
-    visibility_ok = True
-    if cases:
-        visibility = check_configured(spec, load_engine(spec.policy.model_dump()), max_cases=cases)
-        _print_visibility(visibility)
-        visibility_ok = visibility.ok
-    if report.failed or report.passed == 0 or not visibility_ok:
+    if report.failed or report.passed == 0:
         if report.passed == 0 and report.failed == 0:
             _err(f"no tests found in {spec.policy.bundle} (files named *_test.rego with rules test_*)")
         raise typer.Exit(1)
@@ -445,109 +339,23 @@ def policy_eval(
     config_dir: ConfigDir = None,
 ) -> None:
     """Evaluate one decision and print it as JSON (undefined prints null and exits 3)."""
+    import yaml
+
     from ragconf.errors import SpecError
     from ragconf.policy import load_engine
-    from ragconf.yamlsafe import safe_load_file
 
     spec = _load(config_dir, overrides).spec
     if not input_file.is_file():
         raise SpecError(f"input file '{input_file}' does not exist", key="--input")
-    data = safe_load_file(input_file)  # bounded (alias bombs), non-UTF-8 and parse errors are one SpecError line
+    try:
+        data = yaml.safe_load(input_file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise SpecError(f"cannot parse: {exc}", key="--input", source=str(input_file)) from None
     engine = load_engine(spec.policy.model_dump())
     value = engine.evaluate(package.replace(".", "/"), data)
     _emit(value)
     if value is None:
         raise typer.Exit(3)
-
-
-@policy_app.command("explain")
-@handle_errors
-def policy_explain(
-    user: Annotated[str, typer.Option("--user", "-u", help="User id from the identity config.")],
-    doc: Annotated[str, typer.Option("--doc", "-d", help="Document id (citations[].doc_id of `ask --json`).")],
-    query: Annotated[str | None, typer.Option("--query", "-q", help="The question, as the request sees it.")] = None,
-    overrides: Overrides = None,
-    config_dir: ConfigDir = None,
-    as_json: JsonFlag = False,
-) -> None:
-    """Why USER can or cannot see DOC: the filter decision, the per-document decision, the condition that
-    denied it (tenant, clearance, groups or a custom rule) and the decision ids."""
-    from ragconf.policy.explain import explain_document
-
-    rag = _app(config_dir, overrides)
-    try:
-        result = explain_document(
-            rag.policy, rag.store, rag.principal(user), doc, query=query, corpus=rag.spec.corpus.name
-        )
-    finally:
-        rag.close()
-    if as_json:
-        _emit(result.to_dict())
-    else:
-        for line in result.lines():
-            typer.echo(line)
-
-
-@app.command("audit")
-@handle_errors
-def audit_cmd(
-    user: Annotated[str | None, typer.Option("--user", "-u", help="Decisions about this principal.")] = None,
-    doc: Annotated[
-        str | None, typer.Option("--doc", "-d", help="Decisions that allowed or denied this document (or chunk id).")
-    ] = None,
-    decision: Annotated[str | None, typer.Option("--decision", help="One decision id (a prefix is enough).")] = None,
-    run: Annotated[str | None, typer.Option("--run", help="Decisions of this run id.")] = None,
-    limit: Annotated[int, typer.Option("--limit", "-n", min=0, help="Newest N records (0: all).")] = 50,
-    overrides: Overrides = None,
-    config_dir: ConfigDir = None,
-    as_json: JsonFlag = False,
-) -> None:
-    """Query the policy audit log, rotated files included."""
-    from ragconf.errors import SpecError
-    from ragconf.policy.audit import query_audit
-
-    if not any((user, doc, decision, run)):
-        raise SpecError("say which decisions to show", key="audit", hint="--user U, --doc D, --decision ID or --run R")
-    loaded = _load(config_dir, overrides)
-    audit = loaded.spec.policy.audit
-    if audit.sink == "none":
-        raise SpecError("the audit log is off (sink: none): nothing to query", key="policy.audit.sink")
-    path = Path(audit.path or Path(loaded.spec.project.workdir) / "audit.jsonl")
-    chunk_ids: set[str] | None = None
-    if doc:
-        from ragconf.policy.explain import doc_chunks
-
-        chunk_ids = {doc}
-        rag = _app(config_dir, overrides)
-        try:
-            chunk_ids |= {str(c.id) for c in doc_chunks(rag.store, doc, rag.spec.corpus.name)}
-        except SpecError:
-            pass  # not (or no longer) in the store: match it as a chunk id
-        finally:
-            rag.close()
-    rows = query_audit(path, user=user, chunk_ids=chunk_ids, decision=decision, run=run)
-    if limit:
-        rows = rows[-limit:]
-    if as_json:
-        _emit(rows)
-        return
-    if not rows:
-        typer.echo(f"no matching decisions in {path} (and its rotated files)", err=True)
-    for r in rows:
-        what = f"result={json.dumps(r.get('result'), default=str)[:80]}"
-        if "allowed" in r:
-            what = f"allowed {r.get('allowed')}, denied {r.get('denied')}"
-            if chunk_ids:
-                hit_ok = chunk_ids & set(r.get("allowed_ids") or [])
-                hit_no = chunk_ids & set(r.get("denied_ids") or [])
-                what += f"; this document: {len(hit_ok)} chunks allowed, {len(hit_no)} denied"
-        if r.get("error"):
-            what = f"ERROR {r['error']}"
-        run_tag = f"  run {r['run_id']}" if r.get("run_id") else ""
-        typer.echo(
-            f"{r.get('time', '')}  {r.get('decision_id', '')}  {r.get('principal')}  "
-            f"{r.get('policy', '')}.{r.get('rule', '')}  {what}{run_tag}"
-        )
 
 
 @runs_app.command("list")
@@ -599,10 +407,8 @@ def runs_reproduce(
     run_id: str, overrides: Overrides = None, config_dir: ConfigDir = None, as_json: JsonFlag = False
 ) -> None:
     """Re-run an eval run with its exact logged config and report whether the metrics match."""
-    from ragconf.experiment import reproduce
-
-    rag = _app(config_dir, overrides)
-    report = reproduce(rag, run_id)
+    svc = _service(config_dir, overrides)
+    report = svc.reproduce(run_id)
     if as_json:
         _emit(report)
     else:

@@ -1,4 +1,5 @@
-"""Evaluation runs: an evaluation set through the configured pipeline, metrics, leakage, gates, tracking."""
+"""Evaluation: an evaluation set through the configured pipeline, metrics, leakage, gates. Tracking the run
+(and reproducing a tracked one) is the service layer's job: :meth:`ragconf.service.RagService.evaluate`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 from ragconf.errors import EvalError, SpecError
 
-__all__ = ["EvalResult", "reproduce", "run_eval"]
+__all__ = ["EvalResult", "run_eval"]
 
 
 @dataclass
@@ -23,6 +24,7 @@ class EvalResult:
     # the scored run and the judgements it was scored against (authorised documents only), for re-scoring
     run: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)
     qrels: dict[str, dict[str, int]] = field(default_factory=dict, repr=False)
+    dataset: Path | None = None  # the evaluation set's folder (fingerprinted by the tracked run)
 
     @property
     def passed(self) -> bool:
@@ -104,8 +106,9 @@ def _leaks(rag: Any, principal: Any, docs: list[Any]) -> int:
     return sum(1 for d in docs if d.id not in allowed or not matches(filt, {"meta": d.meta, **d.meta}))
 
 
-def run_eval(rag: Any, *, user: str | None = None, tracker: Any = None, progress: Any = None) -> EvalResult:
-    """Run the configured evaluation set through ``rag`` and check the gates."""
+def run_eval(rag: Any, *, user: str | None = None, progress: Any = None) -> EvalResult:
+    """Run the configured evaluation set through ``rag`` and check the gates (untracked; the service layer's
+    ``RagService.evaluate`` tracks it)."""
     from ragconf.eval.answer_metrics import citation_precision, reference_overlap
     from ragconf.eval.gates import check_gates, parse_gates
     from ragconf.eval.metrics import evaluate_run
@@ -182,10 +185,7 @@ def run_eval(rag: Any, *, user: str | None = None, tracker: Any = None, progress
         total_leak += leaked
     metrics["leakage"] = float(total_leak)
     results = check_gates(gates, metrics)
-    result = EvalResult(metrics, results, per_persona, None, uid, len(qids), run, visible_qrels)
-    if tracker is not None:
-        result.run_id = _track(rag, tracker, result, root)
-    return result
+    return EvalResult(metrics, results, per_persona, None, uid, len(qids), run, visible_qrels, root)
 
 
 def _docs_by_id(rag: Any, ans: Any, cited: set[str]) -> list[Any]:
@@ -194,66 +194,3 @@ def _docs_by_id(rag: Any, ans: Any, cited: set[str]) -> list[Any]:
     if not ids:
         return []
     return list(rag.store.filter_documents({"field": "id", "operator": "in", "value": ids}))
-
-
-def _track(rag: Any, tracker: Any, result: EvalResult, root: Path) -> str | None:
-    with tracker.start_run("eval", config=rag.loaded.data, overrides=rag.loaded.overrides) as run:
-        run.log_metrics(result.metrics)
-        run.log_dataset_fingerprint(root.name, sorted(p for p in root.rglob("*") if p.is_file()))
-        run.log_model_fingerprint(rag.spec.embedder.model, rag.embedder.model_files())
-        run.log_index_fingerprint(rag.store.fingerprint())
-        run.log_policy_revision(rag.policy.bundle_revision)
-        run.log_text(rag.retrieval.pipeline.dumps(), "pipeline.yaml")
-        run.log_dict(result.to_dict(), "eval.json")
-        return str(run.run_id) if run.run_id else None
-
-
-def reproduce(rag: Any, run_id: str) -> dict[str, Any]:
-    """Re-run a tracked eval run with its exact logged config and compare the retrieval metrics exactly.
-
-    The logged overrides are re-applied to the built-in configs (``config_dir=None``) and, failing that, to
-    ``rag.config_dir``; the rebuilt config must hash to the run's logged ``config_hash``. Returns
-    ``{"new_run_id", "match", "metrics": {name: (old, new)}}``."""
-    import json
-
-    from ragconf.errors import TrackingError
-    from ragconf.eval.metrics import METRICS
-    from ragconf.runtime import RagApp
-    from ragconf.spec import load_config
-    from ragconf.spec.loader import config_hash
-    from ragconf.tracking import get_run, load_run_artifact, load_run_config, make_tracker
-
-    cfg = dict(rag.spec.tracking.model_dump(), workdir=str(rag.workdir))
-    config, overrides = load_run_config(cfg, run_id)
-    old = get_run(cfg, run_id)
-    if old["kind"] != "eval":
-        raise TrackingError(f"run '{run_id}' is a '{old['kind']}' run; only eval runs can be reproduced")
-    logged = json.loads(load_run_artifact(cfg, run_id, "eval.json") or "{}")
-    want = old["tags"].get("config_hash") or config_hash(config)
-    loaded, config_dir, errors = None, None, []
-    for candidate in dict.fromkeys([None, rag.config_dir]):
-        try:
-            attempt = load_config(candidate, overrides)
-        except SpecError as exc:
-            errors.append(str(exc).splitlines()[0])
-            continue
-        if attempt.hash == want:
-            loaded, config_dir = attempt, candidate
-            break
-        errors.append(f"config dir {candidate or '(built-in)'} gives config hash {attempt.hash[:12]}, not {want[:12]}")
-    if loaded is None:
-        raise TrackingError(
-            f"cannot rebuild the exact config of run '{run_id}' from its overrides {overrides}: " + "; ".join(errors),
-            hint="pass the --config-dir the run was made with",
-        )
-    new_rag = RagApp(loaded, config_dir=config_dir)
-    try:
-        tracker = make_tracker(new_rag.spec.tracking.model_dump(), workdir=new_rag.workdir)
-        result = run_eval(new_rag, user=logged.get("user") or None, tracker=tracker)
-    finally:
-        new_rag.close()
-    old_metrics = logged.get("metrics") or {}
-    names = [m for m in METRICS if m in old_metrics or m in result.metrics]
-    pairs = {m: (old_metrics.get(m, old["metrics"].get(m.replace("@", "_"))), result.metrics.get(m)) for m in names}
-    match = bool(pairs) and all(a is not None and b is not None and float(a) == float(b) for a, b in pairs.values())
-    return {"new_run_id": result.run_id, "match": match, "metrics": pairs}

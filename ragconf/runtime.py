@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ragconf import spans
 from ragconf.compile import GUARD_NAME, BuildContext, BuiltStage, build_stage
@@ -39,6 +40,7 @@ class Answer:
     run_id: str | None = None
     usage: dict[str, int] = field(default_factory=dict)  # generator tokens: prompt_tokens, completion_tokens
     redact_logs: bool = False  # the output policy requires PII redaction of answers and logs
+    require_citations: bool = False  # the output policy requires citations (uncited answers are replaced)
     trace: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     def to_dict(self, *, include_trace: bool = False) -> dict[str, Any]:
@@ -75,6 +77,12 @@ def _token_usage(outputs: Any) -> dict[str, int]:
     return totals
 
 
+@dataclass(frozen=True)
+class _Governed:
+    policy: Any
+    retrieval: BuiltStage
+
+
 def _reply_text(reply: Any) -> str:
     if isinstance(reply, list):
         reply = reply[0] if reply else ""
@@ -83,59 +91,35 @@ def _reply_text(reply: Any) -> str:
 
 
 class RagApp:
-    """One configured ragconf application. Heavy parts (store, models, policies) load on first use."""
+    """One configured ragconf application, safe to share between threads.
 
-    def __init__(self, loaded: LoadedConfig, *, config_dir: str | Path | None = None) -> None:
+    Routing profiles are resolved when the app is created (no Hydra composition during a request). Heavy parts
+    (store, models, policies, built stages) are created once, on first use, under a lock. The policy service
+    and the retrieval stage that embeds it are swapped together by :meth:`reload_policies`; a request uses
+    the pair it started with."""
+
+    def __init__(
+        self,
+        loaded: LoadedConfig,
+        *,
+        config_dir: str | Path | None = None,
+        profiles: dict[str, GeneratorSpec] | None = None,
+    ) -> None:
         self.loaded = loaded
         self.spec = loaded.spec
         self.config_dir = config_dir
         self.workdir = Path(self.spec.project.workdir)
+        self._lock = threading.RLock()
+        self._parts: dict[str, Any] = {}
+        self._generators: dict[str, BuiltStage] = {}
+        self.profiles: dict[str, GeneratorSpec] = profiles if profiles is not None else self._resolve_profiles()
 
     @classmethod
     def from_overrides(cls, overrides: list[str] | None = None, config_dir: str | Path | None = None) -> RagApp:
         return cls(load_config(config_dir, overrides or []), config_dir=config_dir)
 
-    # ----- parts -------------------------------------------------------------------------------------
-    @cached_property
-    def embedder(self) -> Any:
-        from ragconf.components.embedders import OnnxEmbedder
-
-        e = self.spec.embedder
-        return OnnxEmbedder(model=e.model, batch_size=e.batch_size, max_length=e.max_length, threads=e.threads)
-
-    @cached_property
-    def store(self) -> Any:
-        from ragconf._fs import private_workdir
-        from ragconf.store import open_store
-
-        cfg = self.spec.store.model_dump()
-        private_workdir(self.workdir)  # 0700; the sqlite store creates its own folder and files private
-        return open_store(cfg, embedding_dim=self.embedder.dim)
-
-    @cached_property
-    def directory(self) -> Any:
-        from ragconf.identity import Directory
-
-        return Directory(self.spec.identity)
-
-    @cached_property
-    def policy(self) -> Any:
-        from ragconf.policy import build_policy_service
-
-        return build_policy_service(self.spec.policy.model_dump(), workdir=self.workdir)
-
-    def _ctx(self) -> BuildContext:
-        return BuildContext(
-            store=self.store, embedder=self.spec.embedder, policy=self.policy, source_of=self.loaded.source_of
-        )
-
-    @cached_property
-    def retrieval(self) -> BuiltStage:
-        return build_stage(self.spec.pipeline, "pipeline", self._ctx(), guard=True)
-
-    @cached_property
-    def profiles(self) -> dict[str, GeneratorSpec]:
-        """The configured generator plus every `routing.profiles` option, by name."""
+    def _resolve_profiles(self) -> dict[str, GeneratorSpec]:
+        """The configured generator plus every `routing.profiles` option, by name (composed once, here)."""
         out = {self.spec.generator.name: self.spec.generator}
         for name in self.spec.routing.profiles:
             if name in out:
@@ -144,49 +128,135 @@ class RagApp:
             out[other.spec.generator.name] = other.spec.generator
         return out
 
-    _generators: dict[str, BuiltStage]
+    # ----- parts (created once, under the lock) --------------------------------------------------------
+    def _part(self, name: str, build: Callable[[], Any]) -> Any:
+        part = self._parts.get(name)
+        if part is not None:
+            return part
+        with self._lock:
+            part = self._parts.get(name)
+            if part is None:
+                part = build()
+                self._parts[name] = part
+            return part
+
+    @property
+    def embedder(self) -> Any:
+        def build() -> Any:
+            from ragconf.components.embedders import OnnxEmbedder
+
+            e = self.spec.embedder
+            return OnnxEmbedder(model=e.model, batch_size=e.batch_size, max_length=e.max_length, threads=e.threads)
+
+        return self._part("embedder", build)
+
+    @property
+    def store(self) -> Any:
+        def build() -> Any:
+            from ragconf._fs import private_workdir
+            from ragconf.store import open_store
+
+            cfg = self.spec.store.model_dump()
+            private_workdir(self.workdir)  # 0700; the sqlite store creates its own folder and files private
+            return open_store(cfg, embedding_dim=self.embedder.dim)
+
+        return self._part("store", build)
+
+    @property
+    def directory(self) -> Any:
+        def build() -> Any:
+            from ragconf.identity import Directory
+
+            return Directory(self.spec.identity)
+
+        return self._part("directory", build)
+
+    def _build_policy(self) -> Any:
+        from ragconf.policy import build_policy_service
+
+        return build_policy_service(self.spec.policy.model_dump(), workdir=self.workdir)
+
+    def _ctx(self, policy: Any) -> BuildContext:
+        return BuildContext(
+            store=self.store, embedder=self.spec.embedder, policy=policy, source_of=self.loaded.source_of
+        )
+
+    def _governed(self) -> _Governed:
+        """The policy service and the retrieval stage built on it (one consistent pair)."""
+
+        def build() -> _Governed:
+            policy = self._build_policy()
+            return _Governed(policy, build_stage(self.spec.pipeline, "pipeline", self._ctx(policy), guard=True))
+
+        return cast(_Governed, self._part("governed", build))
+
+    @property
+    def policy(self) -> Any:
+        return self._governed().policy
+
+    @property
+    def retrieval(self) -> BuiltStage:
+        return self._governed().retrieval
+
+    def reload_policies(self) -> str:
+        """Load the policy bundle again and swap it in atomically; returns the new bundle revision. A bundle
+        that does not load raises (PolicyError/SpecError) and the old policies keep serving."""
+        policy = self._build_policy()
+        stage = build_stage(self.spec.pipeline, "pipeline", self._ctx(policy), guard=True)
+        with self._lock:
+            old = self._parts.get("governed")
+            self._parts["governed"] = _Governed(policy, stage)
+        if old is not None and old.policy is not policy:
+            old.policy.audit.close()  # reopened on the next write, if an in-flight request still logs
+        return str(policy.bundle_revision)
 
     def generation(self, profile: str) -> BuiltStage:
-        cache = self.__dict__.setdefault("_generators", {})
-        if profile not in cache:
-            spec = self.profiles.get(profile)
-            if spec is None:
-                raise SpecError(
-                    f"routing chose unknown profile '{profile}'",
-                    key="routing.profiles",
-                    valid=self.profiles,
-                    got=profile,
-                )
-            cache[profile] = build_stage(spec, "generator", self._ctx())
-        return cache[profile]
+        stage = self._generators.get(profile)
+        if stage is not None:
+            return stage
+        spec = self.profiles.get(profile)
+        if spec is None:
+            raise SpecError(
+                f"routing chose unknown profile '{profile}'",
+                key="routing.profiles",
+                valid=self.profiles,
+                got=profile,
+            )
+        with self._lock:
+            stage = self._generators.get(profile)
+            if stage is None:
+                stage = build_stage(spec, "generator", self._ctx(self.policy))
+                self._generators[profile] = stage
+            return stage
 
     # ----- operations --------------------------------------------------------------------------------
     def principal(self, user: str | Principal | None) -> Principal:
         """A user id from the identity config (or an already resolved Principal)."""
         if isinstance(user, Principal):
             return user
-        return self.directory.resolve(user)
+        return cast(Principal, self.directory.resolve(user))
 
     def retrieve(
-        self, question: str, principal: Principal, *, top_k: int | None = None
+        self, question: str, principal: Principal, *, top_k: int | None = None, governed: _Governed | None = None
     ) -> tuple[list[Any], dict[str, str], dict[str, float]]:
         """Policy filter -> retrieval stage -> access guard. Returns (documents, decision ids, timings)."""
+        g = governed or self._governed()
         timings: dict[str, float] = {}
         request = {"query": question, "action": "retrieve"}
         t0 = time.perf_counter()
         with spans.span("policy.access.filter") as sp:
-            filt = self.policy.retrieval_filter(principal, request)  # raises AccessDenied when undefined
+            filt = g.policy.retrieval_filter(principal, request)  # raises AccessDenied when undefined
             sp.set_tag("decision_id", filt.decision_id)
         timings["policy_filter_ms"] = (time.perf_counter() - t0) * 1000
-        extra: dict[str, dict[str, Any]] = {name: {"filters": filt.filters} for name in self.retrieval.retrievers}
+        extra: dict[str, dict[str, Any]] = {name: {"filters": filt.filters} for name in g.retrieval.retrievers}
         extra[GUARD_NAME] = {"principal": principal, "request": request}
         if top_k is not None:
-            pre_comp = self._pre_guard_output()
+            pre_comp = self._pre_guard_output(g.retrieval)
             if pre_comp is not None:
                 extra.setdefault(pre_comp, {})["top_k"] = top_k
         t1 = time.perf_counter()
         with spans.span("retrieval") as sp:
-            docs, result = self.retrieval.run({"query": question}, extra=extra)
+            docs, result = g.retrieval.run({"query": question}, extra=extra)
             guard_out = result.get(GUARD_NAME, {})
             ids = {"access.filter": filt.decision_id, "access.documents": guard_out.get("decision_id", "")}
             sp.set_tag("decision_ids", dict(ids))
@@ -194,37 +264,63 @@ class RagApp:
         timings["retrieval_ms"] = (time.perf_counter() - t1) * 1000
         return list(docs or []), ids, timings
 
-    def _pre_guard_output(self) -> str | None:
+    def _pre_guard_output(self, stage: BuiltStage) -> str | None:
         from ragconf.compile import input_sockets
 
         comp = self.spec.pipeline.output.split(".", 1)[0]
-        inst = self.retrieval.pipeline.get_component(comp)
+        inst = stage.pipeline.get_component(comp)
         return comp if "top_k" in input_sockets(inst) else None
 
-    def ask(self, question: str, user: str | Principal | None) -> Answer:
+    def ask(
+        self,
+        question: str,
+        user: str | Principal | None,
+        *,
+        profile: str | None = None,
+        top_k: int | None = None,
+        on_documents: Callable[[list[dict[str, Any]], dict[str, bool]], None] | None = None,
+        on_delta: Callable[[str], None] | None = None,
+    ) -> Answer:
         """Answer ``question`` for ``user`` with numbered citations, enforcing every policy decision.
-        The answer carries the request's trace (spans per step and per pipeline component)."""
+
+        ``profile`` is the caller's preferred generator profile (the routing policy decides); ``top_k`` caps
+        retrieval. ``on_documents`` receives the passages the generator will see and the output rules
+        (``redact_pii``, ``require_citations``), ``on_delta`` the answer text
+        as the generator produces it (tokens or sentences, raw: the caller applies the output policy, see
+        :class:`ragconf.service.RagService`). The answer carries the request's trace (spans per step and per
+        pipeline component)."""
         with spans.collect("ask", user=getattr(user, "id", user)) as trace:
-            answer = self._ask(question, user)
+            answer = self._ask(question, user, profile, top_k, on_documents, on_delta)
         answer.trace = trace
         return answer
 
-    def _ask(self, question: str, user: str | Principal | None) -> Answer:
+    def _ask(
+        self,
+        question: str,
+        user: str | Principal | None,
+        profile: str | None,
+        top_k: int | None,
+        on_documents: Callable[[list[dict[str, Any]], dict[str, bool]], None] | None,
+        on_delta: Callable[[str], None] | None,
+    ) -> Answer:
         from ragconf.components.citations import extract_citations
         from ragconf.components.generators import NO_ANSWER
 
         start = time.perf_counter()
+        g = self._governed()
         principal = self.principal(user)
-        docs, ids, timings = self.retrieve(question, principal)
-        request = {"query": question, "action": "answer"}
+        docs, ids, timings = self.retrieve(question, principal, top_k=top_k, governed=g)
+        request: dict[str, Any] = {"query": question, "action": "answer"}
+        if profile:
+            request["profile"] = profile
         t0 = time.perf_counter()
         with spans.span("policy.routing") as sp:
             profiles = [self._profile_input(p) for p in self.profiles.values()]
-            route = self.policy.route(principal, request, docs, profiles)
+            route = g.policy.route(principal, request, docs, profiles)
             ids["routing"] = route.decision_id
             sp.set_tags({"decision_id": route.decision_id, "profile": route.profile, "refused": route.refused})
         with spans.span("policy.output") as sp:
-            out_rules = self.policy.output_rules(principal, request, docs)
+            out_rules = g.policy.output_rules(principal, request, docs)
             ids["output"] = out_rules.decision_id
             sp.set_tag("decision_id", out_rules.decision_id)
         timings["policy_route_output_ms"] = (time.perf_counter() - t0) * 1000
@@ -243,9 +339,15 @@ class RagApp:
                 redact_logs=bool(out_rules.redact_pii),
             )
         passages = docs[: max(0, int(out_rules.max_passages))] if out_rules.max_passages else docs
+        records = [_doc_record(d) for d in passages]
+        if on_documents is not None:
+            rules = {"redact_pii": bool(out_rules.redact_pii), "require_citations": bool(out_rules.require_citations)}
+            on_documents(records, rules)
+        stage = self.generation(route.profile)
+        extra = _streaming_inputs(stage, on_delta) if on_delta is not None else None
         t1 = time.perf_counter()
         with spans.span("generation", profile=route.profile, passages=len(passages)):
-            replies, gen_out = self.generation(route.profile).run({"query": question, "documents": passages})
+            replies, gen_out = stage.run({"query": question, "documents": passages}, extra=extra)
         timings["generation_ms"] = (time.perf_counter() - t1) * 1000
         usage = _token_usage(gen_out)
         text = _reply_text(replies)
@@ -265,7 +367,7 @@ class RagApp:
             principal.id,
             text,
             citations,
-            [_doc_record(d) for d in passages],
+            records,
             ids,
             route.profile,
             False,
@@ -274,6 +376,7 @@ class RagApp:
             timings,
             usage=usage,
             redact_logs=bool(out_rules.redact_pii),
+            require_citations=bool(out_rules.require_citations),
         )
 
     @staticmethod
@@ -288,6 +391,19 @@ class RagApp:
         )
 
     def close(self) -> None:
-        store = self.__dict__.get("store")
+        with self._lock:
+            store = self._parts.pop("store", None)
         if store is not None:
             store.close()
+
+
+def _streaming_inputs(stage: BuiltStage, on_delta: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+    """``streaming_callback`` for every component of ``stage`` that takes one (ragconf generators call it
+    with text deltas: tokens, or sentences for the extractive composer)."""
+    from ragconf.compile import input_sockets
+
+    out: dict[str, dict[str, Any]] = {}
+    for name, inst in stage.pipeline.walk():
+        if "streaming_callback" in input_sockets(inst):
+            out[name] = {"streaming_callback": on_delta}
+    return out

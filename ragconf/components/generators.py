@@ -12,6 +12,7 @@ import importlib.util
 import math
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +140,8 @@ class ExtractiveAnswerComposer:
     sentence needs ``coverage >= min_score`` and ``score >= min_relative * best score``; near-duplicates
     are skipped. Sentences are copied
     verbatim (line wraps become spaces), never rewritten. Deterministic. Inputs ``query: str``,
-    ``documents: list[Document]``; outputs ``replies: list[str]`` (one answer) and ``meta: list[dict]``.
+    ``documents: list[Document]``, optional ``streaming_callback`` (called with each cited sentence, separated
+    by a space, as the answer is composed); outputs ``replies: list[str]`` (one answer) and ``meta: list[dict]``.
     """
 
     def __init__(
@@ -153,7 +155,13 @@ class ExtractiveAnswerComposer:
         self.rank_decay = rank_decay
 
     @component.output_types(replies=list[str], meta=list[dict[str, Any]])
-    def run(self, query: str, documents: list[Document], max_sentences: int | None = None) -> dict[str, Any]:
+    def run(
+        self,
+        query: str,
+        documents: list[Document],
+        max_sentences: int | None = None,
+        streaming_callback: Callable[[str], None] | None = None,
+    ) -> dict[str, Any]:
         limit = max_sentences or self.max_sentences
         stem = _stemmer()
         q_terms = list(dict.fromkeys(_terms(query or "", stem)))
@@ -194,11 +202,16 @@ class ExtractiveAnswerComposer:
                 continue
             chosen.append(cand)
         if not chosen:
+            if streaming_callback is not None:
+                streaming_callback(NO_ANSWER)
             return {
                 "replies": [NO_ANSWER],
                 "meta": [{"generator": "extractive", "sentences": [], "citations": [], "answered": False}],
             }
         parts = [_cite(sent, i + 1) for _, _, i, _, sent, _ in chosen]
+        if streaming_callback is not None:
+            for k, part in enumerate(parts):
+                streaming_callback(part if k == 0 else " " + part)
         sentences = [
             {
                 "text": sent,
@@ -238,7 +251,9 @@ class OpenAICompatibleGenerator:
 
     Wraps Haystack's ``OpenAIChatGenerator``; the API key is read from the environment variable
     ``api_key_env`` when the component warms up or runs (``api_key_env=None`` for servers that need no key).
-    Input ``prompt: str`` (sent as one user message); outputs ``replies: list[str]``, ``meta: list[dict]``.
+    Input ``prompt: str`` (sent as one user message) and optional ``streaming_callback`` (called with each
+    text delta as tokens arrive; the request then streams, with usage reported in the last chunk); outputs
+    ``replies: list[str]``, ``meta: list[dict]``.
     """
 
     def __init__(
@@ -292,14 +307,29 @@ class OpenAICompatibleGenerator:
             self._client.warm_up()
 
     @component.output_types(replies=list[str], meta=list[dict[str, Any]])
-    def run(self, prompt: str, generation_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    def run(
+        self,
+        prompt: str,
+        generation_kwargs: dict[str, Any] | None = None,
+        streaming_callback: Callable[[str], None] | None = None,
+    ) -> dict[str, Any]:
         from haystack.dataclasses import ChatMessage
 
         self.warm_up()
         messages = [ChatMessage.from_system(self.system_prompt)] if self.system_prompt else []
         messages.append(ChatMessage.from_user(prompt))
+        kwargs: dict[str, Any] = {"messages": messages, "generation_kwargs": generation_kwargs}
+        if streaming_callback is not None:
+            callback = streaming_callback
+
+            def on_chunk(chunk: Any) -> None:
+                if chunk.content:
+                    callback(chunk.content)
+
+            kwargs["streaming_callback"] = on_chunk
+            kwargs["generation_kwargs"] = {"stream_options": {"include_usage": True}, **(generation_kwargs or {})}
         try:
-            out = self._client.run(messages=messages, generation_kwargs=generation_kwargs)
+            out = self._client.run(**kwargs)
         except Exception as exc:
             if type(exc).__module__.split(".")[0] != "openai":
                 raise
@@ -359,7 +389,8 @@ class LlamaCppGenerator:
     """A local GGUF model through llama.cpp (``pip install 'ragconf[llama]'``).
 
     ``model`` is a GGUF path or a packaged model name (``gemma3-270m``); ``model_path`` overrides it.
-    Input ``prompt: str``; outputs ``replies: list[str]``, ``meta: list[dict]``.
+    Input ``prompt: str`` and optional ``streaming_callback`` (called with each token's text); outputs
+    ``replies: list[str]``, ``meta: list[dict]``.
     """
 
     def __init__(
@@ -394,9 +425,24 @@ class LlamaCppGenerator:
         )
 
     @component.output_types(replies=list[str], meta=list[dict[str, Any]])
-    def run(self, prompt: str, generation_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    def run(
+        self,
+        prompt: str,
+        generation_kwargs: dict[str, Any] | None = None,
+        streaming_callback: Callable[[str], None] | None = None,
+    ) -> dict[str, Any]:
         self.warm_up()
         kwargs = {**self.generation_kwargs, **(generation_kwargs or {})}
+        if streaming_callback is not None:
+            text: list[str] = []
+            meta: dict[str, Any] = {}
+            for chunk in self._llm.create_completion(prompt=prompt, stream=True, **kwargs):
+                delta = chunk["choices"][0].get("text") or "" if chunk.get("choices") else ""
+                if delta:
+                    text.append(delta)
+                    streaming_callback(delta)
+                meta = {k: v for k, v in chunk.items() if k != "choices"}
+            return {"replies": ["".join(text)], "meta": [meta]}
         res = self._llm.create_completion(prompt=prompt, **kwargs)
         return {
             "replies": [c["text"] for c in res["choices"]],

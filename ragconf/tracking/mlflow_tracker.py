@@ -24,7 +24,7 @@ from ragconf.errors import TrackingError
 
 __all__ = ["DeferredRun", "NullRun", "NullTracker", "RunHandle", "Tracker", "flatten", "flush", "sha256_files"]
 
-BACKGROUND_KINDS = frozenset({"ask"})
+BACKGROUND_KINDS = frozenset({"ask", "retrieve"})
 FLUSH_TIMEOUT_S = float(os.environ.get("RAGCONF_TRACKING_FLUSH_TIMEOUT", "60"))
 PACKAGES = (
     "ragconf",
@@ -109,6 +109,12 @@ class NullTracker:
 
     def start_parent(self, name: str, **_: Any) -> NullRun:
         return NullRun()
+
+    def annotate(self, run_id: str, **_: Any) -> str:
+        raise TrackingError("tracking is disabled, so there is no run to annotate", hint="set tracking.enabled=true")
+
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        raise TrackingError("tracking is disabled, so there are no runs", hint="set tracking.enabled=true")
 
 
 class RunHandle:
@@ -307,8 +313,10 @@ class Tracker:
         run_name: str | None,
         tags: dict[str, str],
         parent_run_id: str | None,
+        config_digest: str | None = None,
     ) -> RunHandle | None:
-        """Create a run and log its manifest: config.yaml, flattened params, hash, overrides, git, versions."""
+        """Create a run and log its manifest: config.yaml, flattened params, hash, overrides, git, versions.
+        ``config_digest`` is the hash of the config before secrets were masked out of ``config``."""
         import yaml
 
         from ragconf.spec.loader import config_hash
@@ -318,7 +326,7 @@ class Tracker:
             return None
         handle.set_tags(
             {
-                "config_hash": config_hash(dict(config)),
+                "config_hash": config_digest or config_hash(dict(config)),
                 "overrides": json.dumps(overrides),
                 "git_commit": _git_commit(),
                 **_versions(),
@@ -338,20 +346,23 @@ class Tracker:
         overrides: list[str],
         run_name: str | None = None,
         background: bool | None = None,
+        config_hash: str | None = None,
     ) -> Iterator[Any]:
         """A tracked run. ``ask`` runs (or ``background=True``) are recorded in memory and written by a
         background thread when the block exits, so the caller never waits for MLflow; their ``run_id`` is a
-        ragconf run key (tag ``ragconf.run_key``) that every ``ragconf runs`` command resolves."""
+        ragconf run key (tag ``ragconf.run_key``) that every ``ragconf runs`` command resolves.
+        ``config_hash``: the hash to tag when ``config`` had secrets masked (default: hash of ``config``)."""
         if background if background is not None else kind in BACKGROUND_KINDS:
             deferred = DeferredRun()
+            cfg = copy.deepcopy(dict(config))
             try:
                 yield deferred
             except BaseException:
-                _submit(self, kind, copy.deepcopy(dict(config)), list(overrides), run_name, deferred, "FAILED")
+                _submit(self, kind, cfg, list(overrides), run_name, deferred, "FAILED", config_hash)
                 raise
-            _submit(self, kind, copy.deepcopy(dict(config)), list(overrides), run_name, deferred, "FINISHED")
+            _submit(self, kind, cfg, list(overrides), run_name, deferred, "FINISHED", config_hash)
             return
-        handle = self._open(kind, config, list(overrides), run_name, {}, self.parent_run_id)
+        handle = self._open(kind, config, list(overrides), run_name, {}, self.parent_run_id, config_hash)
         if handle is None:
             yield NullRun()
             return
@@ -365,6 +376,33 @@ class Tracker:
     def start_parent(self, name: str, *, overrides: list[str] | None = None) -> RunHandle | NullRun:
         handle = self._create("sweep", name, {"overrides": json.dumps(overrides or [])}, self.parent_run_id)
         return handle if handle is not None else NullRun()
+
+    def annotate(
+        self,
+        run_id: str,
+        *,
+        metrics: Mapping[str, float] | None = None,
+        tags: Mapping[str, Any] | None = None,
+        artifacts: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Add metrics, tags and JSON artifacts to an existing run (MLflow run id or ragconf run key; pending
+        background runs are written first). Returns the MLflow run id; TrackingError for an unknown run."""
+        flush()
+        client = self.client()
+        run = _require(client, run_id)
+        handle = RunHandle(self, client, run.info.run_id)
+        if metrics:
+            handle.log_metrics(metrics)
+        if tags:
+            handle.set_tags(tags)
+        for name, data in (artifacts or {}).items():
+            handle.log_dict(data, name)
+        return str(run.info.run_id)
+
+    def run_tags(self, run_id: str) -> dict[str, str]:
+        """The tags of a run (MLflow run id or ragconf run key); TrackingError for an unknown run."""
+        flush()
+        return dict(_require(self.client(), run_id).data.tags)
 
 
 def _require(client: Any, run_id: str) -> Any:
@@ -446,6 +484,7 @@ def _submit(
     run_name: str | None,
     run: DeferredRun,
     status: str,
+    config_digest: str | None = None,
 ) -> None:
     global _WORKER
     # MLflow's import chain registers threading atexit hooks (concurrent.futures), which Python refuses once
@@ -457,15 +496,16 @@ def _submit(
             _WORKER = threading.Thread(target=_work, name="ragconf-tracking", daemon=True)
             _WORKER.start()
             atexit.register(flush)
-    _QUEUE.put((tracker, kind, config, overrides, run_name, tracker.parent_run_id, run, status))
+    _QUEUE.put((tracker, kind, config, overrides, run_name, tracker.parent_run_id, run, status, config_digest))
 
 
 def _work() -> None:
     while True:
         job = _QUEUE.get()
         try:
-            tracker, kind, config, overrides, run_name, parent, run, status = job
-            handle = tracker._open(kind, config, overrides, run_name, {"ragconf.run_key": str(run.run_id)}, parent)
+            tracker, kind, config, overrides, run_name, parent, run, status, digest = job
+            key = {"ragconf.run_key": str(run.run_id)}
+            handle = tracker._open(kind, config, overrides, run_name, key, parent, digest)
             if handle is not None:
                 for name, args, kwargs in run.ops:
                     try:

@@ -1,0 +1,451 @@
+"""The application layer: one :class:`RagApp` and one tracker behind every caller (CLI, Python, server).
+
+Each operation (ask, retrieve, ingest, evaluate, reproduce, feedback) opens a tracked MLflow run, logs the run
+manifest (config, hash, model/index/policy fingerprints, pipeline), applies the output policy's log redaction
+and records the trace. ``ask`` can stream: ``on_event`` receives the documents and answer deltas, with the
+output policy applied before anything is handed out (PII redaction per sentence).
+
+    >>> from ragconf.service import RagService
+    >>> with RagService.from_overrides(["pipeline=bm25"]) as svc:
+    ...     answer = svc.ask("How do I fail over the database?", "alice")   # a tracked ask run
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from ragconf.errors import RagconfError, SpecError, TrackingError
+from ragconf.runtime import NO_CITED_ANSWER, Answer, RagApp
+from ragconf.types import Principal
+
+__all__ = [
+    "NO_CITED_ANSWER",
+    "EventCallback",
+    "IngestResult",
+    "RagService",
+    "Retrieval",
+    "error_status",
+    "mask_secrets",
+    "summary_dict",
+    "summary_metrics",
+]
+
+#: ``on_event(name, data)``: ``documents`` ({"documents": [...]}) then ``delta`` ({"text": ...}) events.
+EventCallback = Callable[[str, dict[str, Any]], None]
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"'”’)\]]*\s+")
+SECRET_KEYS = ("sha256", "secret", "token", "password", "api_key")
+
+
+@dataclass
+class Retrieval:
+    """What ``retrieve`` returns: the allowed documents, the decision ids and timings, the run key."""
+
+    question: str
+    user: str
+    documents: list[dict[str, Any]]
+    decision_ids: dict[str, str] = field(default_factory=dict)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    run_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class IngestResult:
+    """What ``ingest`` returns: the ingest summary and the run key of the tracked ``ingest`` run."""
+
+    summary: Any
+    run_id: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(summary_dict(self.summary), run_id=self.run_id)
+
+
+def summary_dict(summary: Any) -> dict[str, Any]:
+    """An ingest summary as a JSON-ready dict."""
+    if hasattr(summary, "to_dict"):
+        return dict(summary.to_dict())
+    data = asdict(summary) if is_dataclass(summary) and not isinstance(summary, type) else dict(summary)
+    data["errors"] = [str(e) for e in data.get("errors") or []]
+    return data
+
+
+def summary_metrics(summary: Any) -> dict[str, float]:
+    """Numeric fields of an ingest summary, plus the number of errors / quarantined / withdrawn documents."""
+    data = summary_dict(summary)
+    out = {k: float(v) for k, v in data.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    out.update(
+        {k: float(len(data[k])) for k in ("errors", "quarantined", "withdrawn") if isinstance(data.get(k), list)}
+    )
+    return out
+
+
+def mask_secrets(data: Any) -> Any:
+    """A copy of a config with values under secret-looking keys (``sha256``, ``secret``...) masked."""
+    if isinstance(data, dict):
+        return {
+            k: ("<masked>" if any(s in str(k).lower() for s in SECRET_KEYS) and isinstance(v, str) else mask_secrets(v))
+            for k, v in data.items()
+        }
+    if isinstance(data, list):
+        return [mask_secrets(v) for v in data]
+    return data
+
+
+class _DeltaGate:
+    """Applies the output policy to streamed text: with redaction required, text is released sentence by
+    sentence, each one redacted first; otherwise deltas pass through as they come."""
+
+    def __init__(self, emit: Callable[[str], None]) -> None:
+        self.emit = emit
+        self.redact = False
+        self.buffer = ""
+
+    def __call__(self, delta: str) -> None:
+        if not self.redact:
+            self.emit(delta)
+            return
+        self.buffer += delta
+        last = None
+        for m in _SENTENCE_END.finditer(self.buffer):
+            last = m
+        if last is not None:
+            done, self.buffer = self.buffer[: last.end()], self.buffer[last.end() :]
+            self._release(done)
+
+    def _release(self, text: str) -> None:
+        from ragconf.policy.redact import redact
+
+        out = []
+        start = 0
+        for m in _SENTENCE_END.finditer(text):
+            out.append(redact(text[start : m.start()])[0] + text[m.start() : m.end()])
+            start = m.end()
+        if start < len(text):
+            out.append(redact(text[start:])[0])
+        self.emit("".join(out))
+
+    def close(self) -> None:
+        if self.redact and self.buffer:
+            text, self.buffer = self.buffer, ""
+            self._release(text)
+
+
+class RagService:
+    """One configured application and its tracker; thread-safe, shared by every request of a server.
+
+    ``source`` tags each run with its caller (``cli``, ``python``, ``server``)."""
+
+    def __init__(self, rag: RagApp, *, tracker: Any = None, source: str = "python") -> None:
+        self.rag = rag
+        self.source = source
+        self._tracker = tracker
+        self._lock = threading.Lock()
+        self._ingest_lock = threading.Lock()
+
+    @classmethod
+    def from_overrides(
+        cls, overrides: list[str] | None = None, config_dir: str | Path | None = None, *, source: str = "python"
+    ) -> RagService:
+        return cls(RagApp.from_overrides(overrides, config_dir), source=source)
+
+    def __enter__(self) -> RagService:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ----- plumbing ------------------------------------------------------------------------------------
+    @property
+    def spec(self) -> Any:
+        return self.rag.spec
+
+    @property
+    def tracker(self) -> Any:
+        if self._tracker is None:
+            with self._lock:
+                if self._tracker is None:
+                    from ragconf.tracking import make_tracker
+
+                    self._tracker = make_tracker(self.spec.tracking.model_dump(), workdir=self.rag.workdir)
+        return self._tracker
+
+    def tracking_config(self) -> dict[str, Any]:
+        return dict(self.spec.tracking.model_dump(), workdir=str(self.rag.workdir))
+
+    def _start(self, kind: str, **kw: Any) -> Any:
+        """A tracked run of ``kind`` with the config (secrets masked) and its overrides."""
+        loaded = self.rag.loaded
+        return self.tracker.start_run(
+            kind,
+            config=mask_secrets(loaded.data),
+            overrides=[_mask_override(o) for o in loaded.overrides],
+            config_hash=loaded.hash,
+            **kw,
+        )
+
+    def log_manifest(self, run: Any) -> None:
+        """Model, index and policy fingerprints plus the Haystack pipeline YAML."""
+        rag = self.rag
+        run.log_model_fingerprint(rag.spec.embedder.model, rag.embedder.model_files())
+        run.log_index_fingerprint(rag.store.fingerprint())
+        run.log_policy_revision(rag.policy.bundle_revision)
+        run.log_text(rag.retrieval.pipeline.dumps(), "pipeline.yaml")
+
+    @staticmethod
+    def _warn(message: str) -> None:
+        print(f"warning: {message}", file=sys.stderr)
+
+    def _asks_tracked(self) -> bool:
+        return bool(self.spec.tracking.enabled and self.spec.tracking.log_asks)
+
+    # ----- operations ----------------------------------------------------------------------------------
+    def principal(self, user: str | Principal | None) -> Principal:
+        return self.rag.principal(user)
+
+    def ask(
+        self,
+        question: str,
+        user: str | Principal | None,
+        *,
+        profile: str | None = None,
+        top_k: int | None = None,
+        on_event: EventCallback | None = None,
+    ) -> Answer:
+        """A cited answer for ``user``, tracked as an ``ask`` run (``answer.run_id``).
+
+        With ``on_event``, ``documents`` is reported before generation and ``delta`` events carry the answer
+        text as it is produced, already redacted per sentence when the output policy requires it. The
+        returned answer is final: when citations are required and the generated text has none, it is the
+        replacement notice (``answer.answer == NO_CITED_ANSWER``) and clients must render that instead."""
+        on_documents = on_delta = None
+        gate: _DeltaGate | None = None
+        if on_event is not None:
+            emit = on_event
+            gate = _DeltaGate(lambda text: emit("delta", {"text": text}) if text else None)
+
+            def on_documents_cb(records: list[dict[str, Any]], rules: dict[str, bool]) -> None:
+                assert gate is not None
+                gate.redact = bool(rules.get("redact_pii"))
+                emit("documents", {"documents": records})
+
+            on_documents, on_delta = on_documents_cb, gate
+        answer = self.rag.ask(
+            question, user, profile=profile, top_k=top_k, on_documents=on_documents, on_delta=on_delta
+        )
+        if gate is not None:
+            gate.close()
+        answer.run_id = self._track_ask(answer)
+        return answer
+
+    def _track_ask(self, answer: Answer) -> str | None:
+        if not self._asks_tracked():
+            return None
+        try:
+            with self._start("ask") as run:
+                run.set_tags({f"decision.{k}": v for k, v in answer.decision_ids.items()})
+                run.set_tags(
+                    {
+                        "ragconf.user": answer.user,
+                        "ragconf.source": self.source,
+                        "ragconf.redact_logs": str(answer.redact_logs).lower(),
+                        "ragconf.refused": str(answer.refused).lower(),
+                    }
+                )
+                run.log_metrics(dict(answer.timings_ms))
+                run.log_metrics({f"usage.{k}": v for k, v in answer.usage.items()})
+                if answer.trace:
+                    run.log_trace("ask", answer.trace)
+                run.log_dict(
+                    {
+                        "question": self._loggable(answer.question, answer.redact_logs),
+                        "user": answer.user,
+                        "documents": [d["chunk_id"] for d in answer.documents],
+                        "citations": answer.citations,
+                        "route": answer.route,
+                    },
+                    "ask.json",
+                )
+                return str(run.run_id) if run.run_id else None
+        except Exception as exc:  # tracking never loses the answer
+            self._warn(f"tracking failed: {exc}")
+            return None
+
+    @staticmethod
+    def _loggable(text: str, redact_logs: bool) -> str:
+        if not redact_logs:
+            return text
+        from ragconf.policy.redact import redact
+
+        return redact(text)[0]
+
+    def retrieve(self, question: str, user: str | Principal | None, *, top_k: int | None = None) -> Retrieval:
+        """The documents the access policy lets ``user`` see for ``question`` (tracked as a ``retrieve`` run)."""
+        from ragconf import spans
+        from ragconf.runtime import _doc_record
+
+        principal = self.rag.principal(user)
+        with spans.collect("retrieve", user=principal.id) as trace:
+            docs, ids, timings = self.rag.retrieve(question, principal, top_k=top_k)
+        result = Retrieval(question, principal.id, [_doc_record(d) for d in docs], ids, timings)
+        if self._asks_tracked():
+            try:
+                with self._start("retrieve") as run:
+                    run.set_tags({f"decision.{k}": v for k, v in ids.items()})
+                    run.set_tags({"ragconf.user": principal.id, "ragconf.source": self.source})
+                    run.log_metrics(timings)
+                    run.log_trace("retrieve", trace)
+                    run.log_dict({"user": principal.id, "documents": [d.id for d in docs]}, "retrieve.json")
+                    result.run_id = str(run.run_id) if run.run_id else None
+            except Exception as exc:
+                self._warn(f"tracking failed: {exc}")
+        return result
+
+    def ingest(self, progress: Callable[[int, int], None] | None = None) -> IngestResult:
+        """Incremental ingest of the configured corpus, tracked as an ``ingest`` run (one ingest at a time
+        per service)."""
+        with self._ingest_lock, self._start("ingest") as run:
+            summary = self.rag.ingest(progress=progress)
+            self.log_manifest(run)
+            run.set_tags({"ragconf.source": self.source})
+            run.log_metrics(summary_metrics(summary))
+            run_id = run.run_id
+        return IngestResult(summary, str(run_id) if run_id else None)
+
+    def start_sweep(self, overrides: list[str]) -> Any:
+        """The parent run of a sweep (``eval -m``); pass its ``run_id`` to :meth:`evaluate`."""
+        return self.tracker.start_parent("sweep", overrides=[_mask_override(o) for o in overrides])
+
+    def evaluate(
+        self,
+        *,
+        user: str | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        parent_run_id: str | None = None,
+    ) -> Any:
+        """The configured evaluation set through the pipeline, tracked as an ``eval`` run (with the dataset
+        fingerprint and ``eval.json``). Returns an :class:`ragconf.experiment.EvalResult`."""
+        from ragconf.experiment import run_eval
+
+        result = run_eval(self.rag, user=user, progress=progress)
+        tracker = self.tracker
+        if parent_run_id is not None:
+            tracker.parent_run_id = parent_run_id
+        with self._start("eval") as run:
+            run.log_metrics(result.metrics)
+            run.set_tags({"ragconf.user": result.user, "ragconf.source": self.source})
+            root = result.dataset
+            if root is not None:
+                run.log_dataset_fingerprint(root.name, sorted(p for p in root.rglob("*") if p.is_file()))
+            self.log_manifest(run)
+            run.log_dict(result.to_dict(), "eval.json")
+            result.run_id = str(run.run_id) if run.run_id else None
+        return result
+
+    def reproduce(self, run_id: str) -> dict[str, Any]:
+        """Re-run a tracked eval run with its exact logged config and compare the retrieval metrics exactly.
+
+        The logged overrides are re-applied to the built-in configs (``config_dir=None``) and, failing that, to
+        this app's config dir; the rebuilt config must hash to the run's logged ``config_hash``. Returns
+        ``{"new_run_id", "match", "metrics": {name: (old, new)}}``."""
+        import json
+
+        from ragconf.eval.metrics import METRICS
+        from ragconf.spec import load_config
+        from ragconf.spec.loader import config_hash
+        from ragconf.tracking import get_run, load_run_artifact, load_run_config
+
+        cfg = self.tracking_config()
+        config, overrides = load_run_config(cfg, run_id)
+        old = get_run(cfg, run_id)
+        if old["kind"] != "eval":
+            raise TrackingError(f"run '{run_id}' is a '{old['kind']}' run; only eval runs can be reproduced")
+        logged = json.loads(load_run_artifact(cfg, run_id, "eval.json") or "{}")
+        want = old["tags"].get("config_hash") or config_hash(config)
+        loaded, config_dir, errors = None, None, []
+        for candidate in dict.fromkeys([None, self.rag.config_dir]):
+            try:
+                attempt = load_config(candidate, overrides)
+            except SpecError as exc:
+                errors.append(str(exc).splitlines()[0])
+                continue
+            if attempt.hash == want:
+                loaded, config_dir = attempt, candidate
+                break
+            errors.append(
+                f"config dir {candidate or '(built-in)'} gives config hash {attempt.hash[:12]}, not {want[:12]}"
+            )
+        if loaded is None:
+            raise TrackingError(
+                f"cannot rebuild the exact config of run '{run_id}' from its overrides {overrides}: "
+                + "; ".join(errors),
+                hint="pass the --config-dir the run was made with",
+            )
+        with RagService(RagApp(loaded, config_dir=config_dir), source=self.source) as again:
+            result = again.evaluate(user=logged.get("user") or None)
+        old_metrics = logged.get("metrics") or {}
+        names = [m for m in METRICS if m in old_metrics or m in result.metrics]
+        pairs = {m: (old_metrics.get(m, old["metrics"].get(m.replace("@", "_"))), result.metrics.get(m)) for m in names}
+        match = bool(pairs) and all(a is not None and b is not None and float(a) == float(b) for a, b in pairs.values())
+        return {"new_run_id": result.run_id, "match": match, "metrics": pairs}
+
+    def feedback(self, run_id: str, rating: int, comment: str | None, user: str) -> dict[str, Any]:
+        """Record a rating (and comment) on the ``ask`` run ``run_id`` of ``user``. Only the user who asked
+        may rate the run (AccessDenied otherwise); the comment is redacted when the ask's logs were."""
+        from ragconf.errors import AccessDenied
+
+        tags = self.tracker.run_tags(run_id)
+        if tags.get("ragconf.kind") != "ask" or tags.get("ragconf.user") != user:
+            raise AccessDenied(f"run '{run_id}' is not an ask run of user '{user}'")
+        text = self._loggable(comment or "", tags.get("ragconf.redact_logs") == "true")
+        mlflow_id = self.tracker.annotate(
+            run_id,
+            metrics={"feedback.rating": float(rating)},
+            tags={"feedback.rating": rating, "feedback.comment": text[:500]},
+            artifacts={"feedback.json": {"rating": rating, "comment": text, "user": user}},
+        )
+        return {"run_id": run_id, "mlflow_run_id": mlflow_id, "recorded": True}
+
+    def reload_policies(self) -> dict[str, Any]:
+        """Load the policy bundle again and swap it in atomically. A bundle that does not load raises and
+        the old policies keep serving."""
+        old = self.rag.policy.bundle_revision
+        new = self.rag.reload_policies()
+        return {"reloaded": True, "previous_revision": old, "revision": new}
+
+    def readiness(self) -> dict[str, Any]:
+        """Whether the store is open and policies are loaded (raises the underlying error otherwise)."""
+        return {
+            "store_documents": int(self.rag.store.count_documents()),
+            "policy_revision": self.rag.policy.bundle_revision,
+            "users": len(self.rag.directory.ids()),
+        }
+
+    def close(self) -> None:
+        self.rag.close()
+
+
+def _mask_override(item: str) -> str:
+    key, eq, value = item.partition("=")
+    if eq and any(s in key.lower() for s in SECRET_KEYS):
+        return f"{key}=<masked>"
+    return item
+
+
+def error_status(exc: RagconfError) -> int:
+    """The HTTP status a ragconf error maps to (shared by the server and any other front end)."""
+    from ragconf.errors import PolicyError
+
+    if isinstance(exc, PolicyError):
+        return 403
+    if exc.exit_code == 2:
+        return 422
+    return 500
