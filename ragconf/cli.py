@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import click
 import typer
 
 from ragconf.errors import RagconfError
@@ -56,11 +57,29 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except RagconfError as exc:
+            if os.environ.get("RAGCONF_DEBUG"):
+                import traceback
+
+                traceback.print_exc()
             _err(str(exc))
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             _err("interrupted; everything committed so far is kept, re-run to continue")
             raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, click.ClickException):
+            raise  # click prints these itself
+        except Exception as exc:  # a bug, not a user mistake: one line, the traceback on request
+            if os.environ.get("RAGCONF_DEBUG"):
+                import traceback
+
+                traceback.print_exc()
+            detail = " ".join(str(exc).split())[:500]
+            _err(
+                f"internal error: {type(exc).__name__}: {detail} (set RAGCONF_DEBUG=1 for a traceback)"
+                if detail
+                else f"internal error: {type(exc).__name__} (set RAGCONF_DEBUG=1 for a traceback)"
+            )
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -98,8 +117,12 @@ def validate(overrides: Overrides = None, config_dir: ConfigDir = None, as_json:
     stages["generators"] = ", ".join(rag.profiles)
     revision = rag.policy.bundle_revision
     users = rag.directory.ids()
+    from ragconf.policy.consistency import check_configured
+
+    visibility = check_configured(rag.spec, rag.policy.engine)
     result = {
-        "valid": True,
+        "valid": visibility.ok,
+        "visibility": visibility.to_dict(),
         "config_hash": rag.loaded.hash,
         "choices": rag.loaded.choices,
         "pipeline": rag.retrieval.name,
@@ -116,7 +139,20 @@ def validate(overrides: Overrides = None, config_dir: ConfigDir = None, as_json:
         typer.echo(f"  profiles:  {stages['generators']}")
         typer.echo(f"  policies:  revision {revision[:12]}")
         typer.echo(f"  users:     {', '.join(users) or '(none)'}")
+        _print_visibility(visibility, indent="  ")
     rag.close()
+    if not visibility.ok:
+        _err("the access policy's filter and allow disagree (see the counterexamples above)")
+        raise typer.Exit(2)
+
+
+def _print_visibility(report: Any, indent: str = "") -> None:
+    """The filter/allow consistency line, and counterexamples when they disagree."""
+    typer.echo(indent + report.summary())
+    for n, example in enumerate(report.counterexamples, 1):
+        typer.echo(f"{indent}counterexample {n}:")
+        for line in example.lines():
+            typer.echo(indent + line)
 
 
 def _progress(enabled: bool) -> Any:
@@ -314,9 +350,14 @@ def policy_test(
     overrides: Overrides = None,
     config_dir: ConfigDir = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    cases: Annotated[
+        int, typer.Option("--cases", min=0, help="Principal x document cases of the filter/allow check (0: skip).")
+    ] = 6000,
 ) -> None:
-    """Run every *_test.rego of the bundle through the configured engine."""
+    """Run every *_test.rego of the bundle through the configured engine, then check that the access
+    policy's filter (as the store evaluates it) and allow agree on generated principals x documents."""
     from ragconf.policy import load_engine, run_policy_tests
+    from ragconf.policy.consistency import check_configured
 
     spec = _load(config_dir, overrides).spec
     report = run_policy_tests(Path(spec.policy.bundle), load_engine(spec.policy.model_dump(), tests=True))
@@ -324,7 +365,12 @@ def policy_test(
         if verbose or not item.passed:
             typer.echo(f"{'PASS' if item.passed else 'FAIL'} {item.name}" + (f": {item.error}" if item.error else ""))
     typer.echo(f"{report.passed} passed, {report.failed} failed")
-    if report.failed or report.passed == 0:
+    visibility_ok = True
+    if cases:
+        visibility = check_configured(spec, load_engine(spec.policy.model_dump()), max_cases=cases)
+        _print_visibility(visibility)
+        visibility_ok = visibility.ok
+    if report.failed or report.passed == 0 or not visibility_ok:
         if report.passed == 0 and report.failed == 0:
             _err(f"no tests found in {spec.policy.bundle} (files named *_test.rego with rules test_*)")
         raise typer.Exit(1)
@@ -339,23 +385,109 @@ def policy_eval(
     config_dir: ConfigDir = None,
 ) -> None:
     """Evaluate one decision and print it as JSON (undefined prints null and exits 3)."""
-    import yaml
-
     from ragconf.errors import SpecError
     from ragconf.policy import load_engine
+    from ragconf.yamlsafe import safe_load_file
 
     spec = _load(config_dir, overrides).spec
     if not input_file.is_file():
         raise SpecError(f"input file '{input_file}' does not exist", key="--input")
-    try:
-        data = yaml.safe_load(input_file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise SpecError(f"cannot parse: {exc}", key="--input", source=str(input_file)) from None
+    data = safe_load_file(input_file)  # bounded (alias bombs), non-UTF-8 and parse errors are one SpecError line
     engine = load_engine(spec.policy.model_dump())
     value = engine.evaluate(package.replace(".", "/"), data)
     _emit(value)
     if value is None:
         raise typer.Exit(3)
+
+
+@policy_app.command("explain")
+@handle_errors
+def policy_explain(
+    user: Annotated[str, typer.Option("--user", "-u", help="User id from the identity config.")],
+    doc: Annotated[str, typer.Option("--doc", "-d", help="Document id (citations[].doc_id of `ask --json`).")],
+    query: Annotated[str | None, typer.Option("--query", "-q", help="The question, as the request sees it.")] = None,
+    overrides: Overrides = None,
+    config_dir: ConfigDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Why USER can or cannot see DOC: the filter decision, the per-document decision, the condition that
+    denied it (tenant, clearance, groups or a custom rule) and the decision ids."""
+    from ragconf.policy.explain import explain_document
+
+    rag = _app(config_dir, overrides)
+    try:
+        result = explain_document(
+            rag.policy, rag.store, rag.principal(user), doc, query=query, corpus=rag.spec.corpus.name
+        )
+    finally:
+        rag.close()
+    if as_json:
+        _emit(result.to_dict())
+    else:
+        for line in result.lines():
+            typer.echo(line)
+
+
+@app.command("audit")
+@handle_errors
+def audit_cmd(
+    user: Annotated[str | None, typer.Option("--user", "-u", help="Decisions about this principal.")] = None,
+    doc: Annotated[
+        str | None, typer.Option("--doc", "-d", help="Decisions that allowed or denied this document (or chunk id).")
+    ] = None,
+    decision: Annotated[str | None, typer.Option("--decision", help="One decision id (a prefix is enough).")] = None,
+    run: Annotated[str | None, typer.Option("--run", help="Decisions of this run id.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=0, help="Newest N records (0: all).")] = 50,
+    overrides: Overrides = None,
+    config_dir: ConfigDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Query the policy audit log, rotated files included."""
+    from ragconf.errors import SpecError
+    from ragconf.policy.audit import query_audit
+
+    if not any((user, doc, decision, run)):
+        raise SpecError("say which decisions to show", key="audit", hint="--user U, --doc D, --decision ID or --run R")
+    loaded = _load(config_dir, overrides)
+    audit = loaded.spec.policy.audit
+    if audit.sink == "none":
+        raise SpecError("the audit log is off (sink: none): nothing to query", key="policy.audit.sink")
+    path = Path(audit.path or Path(loaded.spec.project.workdir) / "audit.jsonl")
+    chunk_ids: set[str] | None = None
+    if doc:
+        from ragconf.policy.explain import doc_chunks
+
+        chunk_ids = {doc}
+        rag = _app(config_dir, overrides)
+        try:
+            chunk_ids |= {str(c.id) for c in doc_chunks(rag.store, doc, rag.spec.corpus.name)}
+        except SpecError:
+            pass  # not (or no longer) in the store: match it as a chunk id
+        finally:
+            rag.close()
+    rows = query_audit(path, user=user, chunk_ids=chunk_ids, decision=decision, run=run)
+    if limit:
+        rows = rows[-limit:]
+    if as_json:
+        _emit(rows)
+        return
+    if not rows:
+        typer.echo(f"no matching decisions in {path} (and its rotated files)", err=True)
+    for r in rows:
+        what = f"result={json.dumps(r.get('result'), default=str)[:80]}"
+        if "allowed" in r:
+            what = f"allowed {r.get('allowed')}, denied {r.get('denied')}"
+            if chunk_ids:
+                hit_ok = chunk_ids & set(r.get("allowed_ids") or [])
+                hit_no = chunk_ids & set(r.get("denied_ids") or [])
+                what += f"; this document: {len(hit_ok)} chunks allowed, {len(hit_no)} denied"
+        if r.get("error"):
+            what = f"ERROR {r['error']}"
+        run_tag = f"  run {r['run_id']}" if r.get("run_id") else ""
+        typer.echo(
+            f"{r.get('time', '')}  {r.get('decision_id', '')}  {r.get('principal')}  "
+            f"{r.get('policy', '')}.{r.get('rule', '')}  {what}{run_tag}"
+        )
 
 
 @runs_app.command("list")
