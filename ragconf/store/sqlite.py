@@ -177,18 +177,19 @@ class SQLiteChunkStore:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
-        with self._tx() as tx:
-            tx.execute(f"PRAGMA application_id={APPLICATION_ID}")
-            tx.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            tx.execute("INSERT OR IGNORE INTO info VALUES ('generation', '0')")
-            row = tx.execute("SELECT value FROM info WHERE key='embedding_dim'").fetchone()
-            if row is None:
-                tx.execute("INSERT INTO info VALUES ('embedding_dim', ?)", (str(self.embedding_dim),))
-            elif str(row[0]) != str(self.embedding_dim):
-                raise StoreError(
-                    f"store '{self.path}' holds {row[0]}-d vectors but the embedder makes {self.embedding_dim}-d ones",
-                    hint="use another store.path or delete the store and re-ingest",
-                )
+        row = db.execute("SELECT value FROM info WHERE key='embedding_dim'").fetchone()
+        if row is not None and str(row[0]) != str(self.embedding_dim):
+            raise StoreError(
+                f"store '{self.path}' holds {row[0]}-d vectors but the embedder makes {self.embedding_dim}-d ones",
+                hint="use another store.path or delete the store and re-ingest",
+            )
+        has_generation = db.execute("SELECT 1 FROM info WHERE key='generation'").fetchone() is not None
+        if row is None or not has_generation or app_id != APPLICATION_ID or version != SCHEMA_VERSION:
+            with self._tx() as tx:  # a new (or adopted) store; an existing one is opened without writing
+                tx.execute(f"PRAGMA application_id={APPLICATION_ID}")
+                tx.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                tx.execute("INSERT OR IGNORE INTO info VALUES ('generation', '0')")
+                tx.execute("INSERT OR IGNORE INTO info VALUES ('embedding_dim', ?)", (str(self.embedding_dim),))
         for suffix in ("-wal", "-shm"):  # SQLite gives them the database file's mode; make sure
             side = self.path.with_name(self.path.name + suffix)
             if side.exists():

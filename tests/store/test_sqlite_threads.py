@@ -212,3 +212,24 @@ def test_another_process_write_invalidates_the_caches(tmp_path: Path) -> None:
     assert {d.id for d in a.embedding_retrieval(q, filters=flt, top_k=100)} == before - {"d1", "d3"}
     a.close()
     b.close()
+
+
+def test_opening_an_existing_store_writes_nothing(tmp_path: Path) -> None:
+    """Another process opening the store (a CLI `ask` next to the server) must not invalidate caches."""
+    path = tmp_path / "s.sqlite"
+    a = open_store({"type": "sqlite", "path": str(path)}, embedding_dim=DIM)
+    a.replace_docs("c", corpus(5))
+
+    def generation() -> str:
+        db = sqlite3.connect(path)
+        try:
+            return str(db.execute("SELECT value FROM info WHERE key='generation'").fetchone()[0])
+        finally:
+            db.close()
+
+    before = generation()
+    open_store({"type": "sqlite", "path": str(path)}, embedding_dim=DIM).close()
+    assert generation() == before
+    a.replace_docs("c", corpus(6))
+    assert int(generation()) == int(before) + 1
+    a.close()
