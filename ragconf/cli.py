@@ -247,6 +247,29 @@ def ask(
 
 @app.command()
 @handle_errors
+def serve(
+    overrides: Overrides = None,
+    config_dir: ConfigDir = None,
+    host: Annotated[str | None, typer.Option("--host", help="Bind address (default serve.host).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port (default serve.port).")] = None,
+) -> None:
+    """Serve the configured app over HTTP (ragconf[serve]): authenticated ask/retrieve/chat, SSE streaming."""
+    from ragconf.server import _require
+
+    _require()
+    svc = _service(config_dir, overrides)
+    svc.source = "server"
+    from ragconf.server import serve as run_server
+    from ragconf.server.auth import Authenticator, describe
+
+    if not Authenticator(svc.spec.serve.auth, svc.rag.directory).configured:
+        _warn("no API keys or JWT configured (serve.auth): every request will be refused with 401")
+    typer.echo(f"ragconf serve: auth {describe(svc.spec.serve.auth)}; config hash {svc.rag.loaded.hash[:12]}", err=True)
+    run_server(svc, host=host, port=port)
+
+
+@app.command()
+@handle_errors
 def export(
     overrides: Overrides = None,
     config_dir: ConfigDir = None,

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ragconf.errors import RagconfError, SpecError, TrackingError
+from ragconf.policy.audit import run_context
 from ragconf.runtime import NO_CITED_ANSWER, Answer, RagApp
 from ragconf.types import Principal
 
@@ -237,47 +238,56 @@ class RagService:
                 gate.redact = bool(rules.get("redact_pii"))
                 emit("documents", {"documents": records})
 
-            on_documents, on_delta = on_documents_cb, gate
-        answer = self.rag.ask(
-            question, user, profile=profile, top_k=top_k, on_documents=on_documents, on_delta=on_delta
-        )
-        if gate is not None:
-            gate.close()
-        answer.run_id = self._track_ask(answer)
+            def on_delta_cb(text: str) -> None:  # a function: Haystack deep-copies inputs, functions stay shared
+                assert gate is not None
+                gate(text)
+
+            on_documents, on_delta = on_documents_cb, on_delta_cb
+        if not self._asks_tracked():
+            answer = self.rag.ask(
+                question, user, profile=profile, top_k=top_k, on_documents=on_documents, on_delta=on_delta
+            )
+            if gate is not None:
+                gate.close()
+            return answer
+        # the run is opened first so every audit line of this ask carries its run id
+        with self._start("ask") as run, run_context(run.run_id):
+            answer = self.rag.ask(
+                question, user, profile=profile, top_k=top_k, on_documents=on_documents, on_delta=on_delta
+            )
+            if gate is not None:
+                gate.close()
+            answer.run_id = str(run.run_id) if run.run_id else None
+            self._log_ask(run, answer)
         return answer
 
-    def _track_ask(self, answer: Answer) -> str | None:
-        if not self._asks_tracked():
-            return None
+    def _log_ask(self, run: Any, answer: Answer) -> None:
         try:
-            with self._start("ask") as run:
-                run.set_tags({f"decision.{k}": v for k, v in answer.decision_ids.items()})
-                run.set_tags(
-                    {
-                        "ragconf.user": answer.user,
-                        "ragconf.source": self.source,
-                        "ragconf.redact_logs": str(answer.redact_logs).lower(),
-                        "ragconf.refused": str(answer.refused).lower(),
-                    }
-                )
-                run.log_metrics(dict(answer.timings_ms))
-                run.log_metrics({f"usage.{k}": v for k, v in answer.usage.items()})
-                if answer.trace:
-                    run.log_trace("ask", answer.trace)
-                run.log_dict(
-                    {
-                        "question": self._loggable(answer.question, answer.redact_logs),
-                        "user": answer.user,
-                        "documents": [d["chunk_id"] for d in answer.documents],
-                        "citations": answer.citations,
-                        "route": answer.route,
-                    },
-                    "ask.json",
-                )
-                return str(run.run_id) if run.run_id else None
+            run.set_tags({f"decision.{k}": v for k, v in answer.decision_ids.items()})
+            run.set_tags(
+                {
+                    "ragconf.user": answer.user,
+                    "ragconf.source": self.source,
+                    "ragconf.redact_logs": str(answer.redact_logs).lower(),
+                    "ragconf.refused": str(answer.refused).lower(),
+                }
+            )
+            run.log_metrics(dict(answer.timings_ms))
+            run.log_metrics({f"usage.{k}": v for k, v in answer.usage.items()})
+            if answer.trace:
+                run.log_trace("ask", answer.trace)
+            run.log_dict(
+                {
+                    "question": self._loggable(answer.question, answer.redact_logs),
+                    "user": answer.user,
+                    "documents": [d["chunk_id"] for d in answer.documents],
+                    "citations": answer.citations,
+                    "route": answer.route,
+                },
+                "ask.json",
+            )
         except Exception as exc:  # tracking never loses the answer
             self._warn(f"tracking failed: {exc}")
-            return None
 
     @staticmethod
     def _loggable(text: str, redact_logs: bool) -> str:
@@ -293,21 +303,19 @@ class RagService:
         from ragconf.runtime import _doc_record
 
         principal = self.rag.principal(user)
-        with spans.collect("retrieve", user=principal.id) as trace:
+        if not self._asks_tracked():
             docs, ids, timings = self.rag.retrieve(question, principal, top_k=top_k)
-        result = Retrieval(question, principal.id, [_doc_record(d) for d in docs], ids, timings)
-        if self._asks_tracked():
-            try:
-                with self._start("retrieve") as run:
-                    run.set_tags({f"decision.{k}": v for k, v in ids.items()})
-                    run.set_tags({"ragconf.user": principal.id, "ragconf.source": self.source})
-                    run.log_metrics(timings)
-                    run.log_trace("retrieve", trace)
-                    run.log_dict({"user": principal.id, "documents": [d.id for d in docs]}, "retrieve.json")
-                    result.run_id = str(run.run_id) if run.run_id else None
-            except Exception as exc:
-                self._warn(f"tracking failed: {exc}")
-        return result
+            return Retrieval(question, principal.id, [_doc_record(d) for d in docs], ids, timings)
+        with self._start("retrieve") as run, run_context(run.run_id):
+            with spans.collect("retrieve", user=principal.id) as trace:
+                docs, ids, timings = self.rag.retrieve(question, principal, top_k=top_k)
+            run.set_tags({f"decision.{k}": v for k, v in ids.items()})
+            run.set_tags({"ragconf.user": principal.id, "ragconf.source": self.source})
+            run.log_metrics(timings)
+            run.log_trace("retrieve", trace)
+            run.log_dict({"user": principal.id, "documents": [d.id for d in docs]}, "retrieve.json")
+        run_id = str(run.run_id) if run.run_id else None
+        return Retrieval(question, principal.id, [_doc_record(d) for d in docs], ids, timings, run_id)
 
     def ingest(self, progress: Callable[[int, int], None] | None = None) -> IngestResult:
         """Incremental ingest of the configured corpus, tracked as an ``ingest`` run (one ingest at a time
@@ -335,8 +343,8 @@ class RagService:
         fingerprint and ``eval.json``). Returns an :class:`ragconf.experiment.EvalResult`."""
         from ragconf.experiment import run_eval
 
+        tracker = self.tracker  # opens the tracking store in the background while the evaluation runs
         result = run_eval(self.rag, user=user, progress=progress)
-        tracker = self.tracker
         if parent_run_id is not None:
             tracker.parent_run_id = parent_run_id
         with self._start("eval") as run:

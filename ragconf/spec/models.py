@@ -24,6 +24,7 @@ __all__ = [
     "ProjectSpec",
     "RagconfSpec",
     "RoutingSpec",
+    "ServeSpec",
     "SourceSpec",
     "StageSpec",
     "StoreSpec",
@@ -234,6 +235,74 @@ class EvalSpec(_Strict):
     personas: list[str] = Field(default_factory=list)
 
 
+class ApiKeySpec(_Strict):
+    """One API key of `ragconf serve`, stored as the sha256 hex digest of the key (never the key itself)."""
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    #: The identity-directory user id the key authenticates as.
+    user: str
+    name: str | None = None
+
+
+class JwtSpec(_Strict):
+    """JWT bearer tokens: HS256 with a secret from an environment variable, or RS256 with a PEM public key or
+    a JWKS file. Tokens must carry `exp` and the user claim; `alg: none` and other algorithms are rejected."""
+
+    algorithm: Literal["HS256", "RS256"] = "HS256"
+    #: Environment variable holding the HS256 secret.
+    secret_env: str | None = None
+    public_key_file: str | None = None
+    jwks_file: str | None = None
+    issuer: str | None = None
+    audience: str | None = None
+    #: Claim holding the identity-directory user id.
+    user_claim: str = "sub"
+    #: Principal field -> token claim (fields: groups, tenant, clearance). Used only when `claims_win`.
+    claims: dict[str, str] = Field(default_factory=dict)
+    #: False (default): the directory entry decides groups/tenant/clearance and mapped claims are ignored.
+    #: True: mapped claims present in the token replace the directory's values (the user must still exist).
+    claims_win: bool = False
+    leeway_s: int = Field(0, ge=0)
+
+    @field_validator("claims")
+    @classmethod
+    def _known_fields(cls, v: dict[str, str]) -> dict[str, str]:
+        allowed = {"groups", "tenant", "clearance"}
+        for key in v:
+            if key not in allowed:
+                raise ValueError(f"unknown principal field '{key}'; valid: {', '.join(sorted(allowed))}")
+        return v
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.secret_env or self.public_key_file or self.jwks_file)
+
+
+class AuthSpec(_Strict):
+    api_keys: list[ApiKeySpec] = Field(default_factory=list)
+    #: A YAML file with more keys: a list of {sha256, user, name} (keeps digests out of the config).
+    api_keys_file: str | None = None
+    jwt: JwtSpec = Field(default_factory=JwtSpec)
+    #: Users whose directory entry lists this role in `attributes.roles` may call /v1/admin/*.
+    admin_role: str = "admin"
+
+
+class ServeSpec(_Strict):
+    """`ragconf serve`: fixed at start; no request can change it."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    #: Threads that run retrievals and asks (a slow generator holds one of them).
+    workers: int = Field(4, gt=0)
+    #: Requests waiting for a worker beyond which the server answers 503.
+    max_queue: int = Field(64, ge=0)
+    request_timeout_s: float = Field(60.0, gt=0)
+    max_body_bytes: int = Field(65536, gt=0)
+    max_question_chars: int = Field(2000, gt=0)
+    max_top_k: int = Field(100, gt=0)
+    auth: AuthSpec = Field(default_factory=AuthSpec)
+
+
 class RagconfSpec(_Strict):
     project: ProjectSpec = Field(default_factory=ProjectSpec)
     corpus: CorpusSpec
@@ -246,3 +315,4 @@ class RagconfSpec(_Strict):
     routing: RoutingSpec = Field(default_factory=RoutingSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
+    serve: ServeSpec = Field(default_factory=ServeSpec)

@@ -1,0 +1,167 @@
+"""Authentication and authorisation through the real server: every bad credential is refused before anything
+is retrieved (no policy decision is even made), bodies cannot pick a user or an override, admin endpoints need
+the directory's admin role, and no key or token ends up in the audit log, MLflow or the server log."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+
+from tests.server.conftest import AUDIENCE, ISSUER, JWT_SECRET, Server, audit_lines
+
+Q = {"question": "When should we fail over the primary database?"}
+
+
+def token(sub: str = "alice", *, secret: str = JWT_SECRET, alg: str = "HS256", **claims: object) -> str:
+    now = int(time.time())
+    payload = {"sub": sub, "iss": ISSUER, "aud": AUDIENCE, "iat": now, "exp": now + 300, **claims}
+    return jwt.encode(payload, secret, algorithm=alg)
+
+
+def unsigned(sub: str = "alice") -> str:
+    """An `alg: none` token with otherwise valid claims."""
+    now = int(time.time())
+    return jwt.encode({"sub": sub, "iss": ISSUER, "aud": AUDIENCE, "exp": now + 300}, None, algorithm="none")
+
+
+def bearer(value: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {value}"}
+
+
+REFUSED = [
+    ("no credentials", {}, 401),
+    ("wrong key", bearer("rk-not-a-key"), 401),
+    ("empty bearer", {"Authorization": "Bearer"}, 401),
+    ("basic auth", {"Authorization": "Basic YWxpY2U6eA=="}, 401),
+    ("expired JWT", bearer(token(exp=int(time.time()) - 60)), 401),
+    ("wrong audience", bearer(token(aud="someone-else")), 401),
+    ("wrong issuer", bearer(token(iss="https://evil.test")), 401),
+    ("wrong secret", bearer(token(secret="another-secret-0123456789abcdef0123456789")), 401),
+    ("alg none", bearer(unsigned()), 401),
+    ("JWT for an unknown user", bearer(token("mallory")), 403),
+]
+
+
+@pytest.mark.parametrize(("case", "headers", "status"), REFUSED, ids=[c[0] for c in REFUSED])
+def test_bad_credentials_are_refused_before_retrieval(server: Server, case: str, headers: dict, status: int) -> None:
+    before = audit_lines(server)
+    for path in ("/v1/ask", "/v1/retrieve"):
+        r = httpx.post(server.url + path, json=Q, headers=headers)
+        assert r.status_code == status, (case, r.text)
+        assert "documents" not in r.json() and "answer" not in r.json()
+        if status == 401:
+            assert r.headers["www-authenticate"] == "Bearer"
+    assert audit_lines(server) == before, "a refused request reached the policy engine"
+
+
+def test_key_of_a_user_absent_from_the_directory_is_403(server: Server) -> None:
+    before = audit_lines(server)
+    r = httpx.post(server.url + "/v1/ask", json=Q, headers=server.headers("ghost"))
+    assert r.status_code == 403 and "ghost" in r.json()["detail"]
+    assert audit_lines(server) == before
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"user": "alice"},
+        {"user_id": "alice"},
+        {"overrides": ["identity.users_dir=/tmp"]},
+        {"policy": {"bundle": "/tmp"}},
+        {"store": {"path": "/tmp/x.sqlite"}},
+        {"principal": {"id": "alice", "groups": ["sre"]}},
+    ],
+)
+def test_body_cannot_set_identity_or_config(server: Server, extra: dict) -> None:
+    before = audit_lines(server)
+    r = httpx.post(server.url + "/v1/ask", json={**Q, **extra}, headers=server.headers("carol"))
+    assert r.status_code == 422
+    assert "requests cannot set it" in r.json()["detail"]
+    chat = {"model": "ragconf", "messages": [{"role": "user", "content": Q["question"]}], **extra}
+    assert (
+        httpx.post(server.url + "/v1/chat/completions", json=chat, headers=server.headers("carol")).status_code == 422
+    )
+    assert audit_lines(server) == before
+
+
+def test_valid_jwt_and_key_resolve_the_same_principal(server: Server) -> None:
+    by_jwt = httpx.post(server.url + "/v1/retrieve", json=Q, headers=bearer(token("alice")))
+    by_key = httpx.post(server.url + "/v1/retrieve", json=Q, headers={"X-API-Key": server.keys["alice"]})
+    assert by_jwt.status_code == by_key.status_code == 200
+    assert by_jwt.json()["user"] == by_key.json()["user"] == "alice"
+    assert [d["chunk_id"] for d in by_jwt.json()["documents"]] == [d["chunk_id"] for d in by_key.json()["documents"]]
+    assert "engineering/database-failover.md" in {d["doc_id"] for d in by_jwt.json()["documents"]}
+
+
+def test_token_claims_do_not_override_the_directory_by_default(server: Server) -> None:
+    """carol's token claims sre membership and confidential clearance; the directory (public, contractors) wins."""
+    forged = token("carol", groups=["sre"], clearance="restricted", tenant="acme")
+    r = httpx.post(server.url + "/v1/retrieve", json=Q, headers=bearer(forged))
+    assert r.status_code == 200
+    assert all(d["meta"].get("classification", "public") == "public" for d in r.json()["documents"])
+
+
+def test_admin_endpoints_need_the_admin_role(server: Server) -> None:
+    for user in ("alice", "carol"):
+        for path in ("/v1/admin/reload", "/v1/admin/ingest"):
+            r = httpx.post(server.url + path, headers=server.headers(user))
+            assert r.status_code == 403 and "admin" in r.json()["detail"], (user, path)
+    assert httpx.post(server.url + "/v1/admin/reload").status_code == 401
+
+
+def test_admin_reload_is_atomic_and_a_broken_bundle_keeps_serving(server: Server) -> None:
+    admin = server.headers("root")
+    r = httpx.post(server.url + "/v1/admin/reload", headers=admin)
+    assert r.status_code == 200, r.text
+    revision = r.json()["revision"]
+    access = server.work / "policies" / "ragconf" / "access" / "access.rego"
+    good = access.read_text(encoding="utf-8")
+    try:
+        access.write_text(good + "\nthis is not rego {{{\n", encoding="utf-8")
+        bad = httpx.post(server.url + "/v1/admin/reload", headers=admin)
+        assert bad.status_code == 422 and bad.json()["reloaded"] is False
+        assert "access.rego" in bad.json()["detail"] and bad.json()["revision"] == revision
+        # the old policies keep serving
+        ok = httpx.post(server.url + "/v1/ask", json=Q, headers=server.headers("alice"), timeout=30)
+        assert ok.status_code == 200 and ok.json()["citations"]
+    finally:
+        access.write_text(good, encoding="utf-8")
+    again = httpx.post(server.url + "/v1/admin/reload", headers=admin)
+    assert again.status_code == 200 and again.json()["revision"] == revision
+
+
+def test_admin_ingest_is_incremental(server: Server) -> None:
+    r = httpx.post(server.url + "/v1/admin/ingest", headers=server.headers("root"), timeout=120)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["added"] == 0 and body["updated"] == 0 and body["unchanged"] >= 12 and body["run_id"]
+
+
+def _files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file()]
+
+
+def test_secrets_never_reach_audit_mlflow_or_logs(server: Server) -> None:
+    # make sure every kind of request has happened at least once, with key and JWT
+    httpx.post(server.url + "/v1/ask", json=Q, headers=server.headers("bob"), timeout=30)
+    httpx.post(server.url + "/v1/ask", json=Q, headers=bearer(token("bob")), timeout=30)
+    httpx.post(server.url + "/v1/ask", json=Q, headers=bearer("rk-wrong-key-value"))
+    from ragconf.tracking import flush
+
+    flush()
+    time.sleep(1.0)  # the server's background writer
+    secrets = [*server.secrets(), token("bob")[:40], "rk-wrong-key-value"]
+    state = server.work / "state"
+    checked = 0
+    for path in [*_files(state), server.log]:
+        blob = path.read_bytes()
+        checked += 1
+        for secret in secrets:
+            assert secret.encode() not in blob, f"secret found in {path}"
+    assert checked >= 3 and (state / "audit.jsonl").is_file() and (state / "mlflow.db").is_file()
+    shutil.rmtree(server.work / "unused", ignore_errors=True)
