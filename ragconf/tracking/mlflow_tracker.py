@@ -6,6 +6,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -70,7 +71,9 @@ def sha256_files(files: list[Path]) -> str:
     return h.hexdigest()
 
 
+@functools.lru_cache(maxsize=1)
 def _git_commit() -> str | None:
+    """The checkout's commit (once per process: a server writes many runs)."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
         return out.stdout.strip() or None if out.returncode == 0 else None
@@ -78,6 +81,7 @@ def _git_commit() -> str | None:
         return None
 
 
+@functools.lru_cache(maxsize=1)
 def _versions() -> dict[str, str]:
     out = {}
     for pkg in PACKAGES:
@@ -120,10 +124,32 @@ class NullTracker:
 class RunHandle:
     """An MLflow run; every method warns instead of raising."""
 
-    def __init__(self, tracker: Tracker, client: Any, run_id: str) -> None:
+    def __init__(self, tracker: Tracker, client: Any, run_id: str, *, batch: bool = False) -> None:
         self._tracker = tracker
         self._client = client
         self.run_id: str | None = run_id
+        # batch=True: tags, params and metrics are buffered and written in as few log_batch calls as MLflow
+        # allows when the run closes (background runs: ~7 store transactions per ask run become 1-2)
+        self._batch: dict[str, list[Any]] | None = {"metrics": [], "params": [], "tags": []} if batch else None
+
+    def _log_batch(self, what: str, kind: str, items: list[Any], size: int) -> None:
+        if self._batch is not None:
+            self._batch[kind].extend(items)
+            return
+        for i in range(0, len(items), size):
+            self._safe(what, self._client.log_batch, self.run_id, **{kind: items[i : i + size]})
+
+    def flush_batch(self) -> None:
+        """Write buffered tags/params/metrics (MLflow limits: 100 params, 100 tags, 1000 entries per call)."""
+        if self._batch is None:
+            return
+        metrics, params, tags = self._batch["metrics"], self._batch["params"], self._batch["tags"]
+        self._batch = {"metrics": [], "params": [], "tags": []}
+        while metrics or params or tags:
+            p, t = params[:90], tags[:90]
+            m = metrics[: 900 - len(p) - len(t)]
+            params, tags, metrics = params[len(p) :], tags[len(t) :], metrics[len(m) :]
+            self._safe("logging a batch", self._client.log_batch, self.run_id, metrics=m, params=p, tags=t)
 
     def _safe(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         if self.run_id is None:
@@ -146,22 +172,19 @@ class RunHandle:
             for k, v in metrics.items()
             if isinstance(v, int | float) and not isinstance(v, bool)
         ]
-        for i in range(0, len(items), 900):
-            self._safe("logging metrics", self._client.log_batch, self.run_id, metrics=items[i : i + 900])
+        self._log_batch("logging metrics", "metrics", items, 900)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
         items = [Param(_key(k), _value(v)) for k, v in params.items()]
-        for i in range(0, len(items), 90):
-            self._safe("logging params", self._client.log_batch, self.run_id, params=items[i : i + 90])
+        self._log_batch("logging params", "params", items, 90)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
         items = [RunTag(_key(k), _value(v)) for k, v in tags.items() if v is not None]
-        for i in range(0, len(items), 90):
-            self._safe("setting tags", self._client.log_batch, self.run_id, tags=items[i : i + 90])
+        self._log_batch("setting tags", "tags", items, 90)
 
     def log_text(self, text: str, artifact_file: str) -> None:
         self._safe("logging an artifact", self._client.log_text, self.run_id, text, artifact_file)
@@ -197,6 +220,7 @@ class RunHandle:
         self.log_metrics({f"latency.{s['name']}_ms": (s["end_ns"] - s["start_ns"]) / 1e6 for s in spans})
 
     def close(self, status: str = "FINISHED") -> None:
+        self.flush_batch()
         self._safe("closing the run", self._client.set_terminated, self.run_id, status)
 
 
@@ -223,6 +247,8 @@ class Tracker:
         self._checked = False
         self._dead = False
         self._client_lock = threading.Lock()
+        self._manifests: dict[str, tuple[dict[str, Any], str]] = {}
+        self._exp_id: str | None = None
 
     def warm_up(self) -> None:
         """Import mlflow and open the store in a daemon thread, overlapping that cost (~1-2 s per process) with
@@ -281,14 +307,23 @@ class Tracker:
         return self._client
 
     def _experiment_id(self, client: Any) -> str:
+        if self._exp_id is not None:
+            return self._exp_id
         exp = client.get_experiment_by_name(self.experiment)
         if exp is not None:
-            return str(exp.experiment_id)
-        location = self.artifacts if self.uri.startswith("sqlite:") else None
-        return str(client.create_experiment(self.experiment, artifact_location=location))
+            self._exp_id = str(exp.experiment_id)
+        else:
+            location = self.artifacts if self.uri.startswith("sqlite:") else None
+            self._exp_id = str(client.create_experiment(self.experiment, artifact_location=location))
+        return self._exp_id
 
     def _create(
-        self, kind: str, run_name: str | None, tags: dict[str, str], parent_run_id: str | None = None
+        self,
+        kind: str,
+        run_name: str | None,
+        tags: dict[str, str],
+        parent_run_id: str | None = None,
+        batch: bool = False,
     ) -> RunHandle | None:
         if self._dead:
             return None
@@ -299,7 +334,7 @@ class Tracker:
             if parent_run_id:
                 all_tags["mlflow.parentRunId"] = parent_run_id
             run = client.create_run(exp_id, tags=all_tags, run_name=run_name or f"{kind}-{time.strftime('%H%M%S')}")
-            return RunHandle(self, client, run.info.run_id)
+            return RunHandle(self, client, run.info.run_id, batch=batch)
         except Exception as exc:
             self._dead = True
             self.warn(f"cannot start a run at {self.uri}: {exc}")
@@ -314,28 +349,41 @@ class Tracker:
         tags: dict[str, str],
         parent_run_id: str | None,
         config_digest: str | None = None,
+        batch: bool = False,
     ) -> RunHandle | None:
         """Create a run and log its manifest: config.yaml, flattened params, hash, overrides, git, versions.
         ``config_digest`` is the hash of the config before secrets were masked out of ``config``."""
-        import yaml
 
         from ragconf.spec.loader import config_hash
 
-        handle = self._create(kind, run_name, tags, parent_run_id)
+        handle = self._create(kind, run_name, tags, parent_run_id, batch)
         if handle is None:
             return None
+        digest = config_digest or config_hash(dict(config))
+        params, text = self._manifest(digest, config)
         handle.set_tags(
             {
-                "config_hash": config_digest or config_hash(dict(config)),
+                "config_hash": digest,
                 "overrides": json.dumps(overrides),
                 "git_commit": _git_commit(),
                 **_versions(),
             }
         )
-        handle.log_params(flatten(config))
-        handle.log_text(yaml.safe_dump(dict(config), sort_keys=False), "config.yaml")
+        handle.log_params(params)
+        handle.log_text(text, "config.yaml")
         handle.log_dict(list(overrides), "overrides.json")
         return handle
+
+    def _manifest(self, digest: str, config: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+        """Flattened params and config.yaml of a config, computed once per config hash (a server logs the same
+        config on every ask run)."""
+        import yaml
+
+        cached = self._manifests.get(digest)
+        if cached is None:
+            cached = (flatten(config), yaml.safe_dump(dict(config), sort_keys=False))
+            self._manifests[digest] = cached
+        return cached
 
     @contextlib.contextmanager
     def start_run(
@@ -505,7 +553,7 @@ def _work() -> None:
         try:
             tracker, kind, config, overrides, run_name, parent, run, status, digest = job
             key = {"ragconf.run_key": str(run.run_id)}
-            handle = tracker._open(kind, config, overrides, run_name, key, parent, digest)
+            handle = tracker._open(kind, config, overrides, run_name, key, parent, digest, batch=True)
             if handle is not None:
                 for name, args, kwargs in run.ops:
                     try:
