@@ -38,11 +38,16 @@ __all__ = [
 ]
 
 
-def build_policy_service(cfg: Mapping[str, Any], *, workdir: Path) -> PolicyService:
-    """The PolicyService the `policy` config describes (engine, bundle, audit sink)."""
+def build_policy_service(cfg: Mapping[str, Any], *, workdir: Path, attributes: tuple[str, ...] = ()) -> PolicyService:
+    """The PolicyService the `policy` config describes (engine, bundle, audit sink). ``attributes`` are the
+    corpus's declared access attributes (``corpus.access.attributes``), shown to the policy besides tenant,
+    classification and acl_groups."""
+    from ragconf.policy.service import DEFAULT_DOCUMENT_FIELDS
+
     audit_cfg = cfg.get("audit") or {}
     path = None
     if audit_cfg.get("sink", "file") == "file":
         path = audit_cfg.get("path") or str(Path(workdir) / "audit.jsonl")
     audit = AuditLog(path, max_bytes=int(audit_cfg.get("max_bytes") or 0), keep=int(audit_cfg.get("keep") or 5))
-    return PolicyService(load_engine(cfg), audit, cfg.get("bundle"))
+    fields = (*DEFAULT_DOCUMENT_FIELDS, *(a for a in attributes if a not in DEFAULT_DOCUMENT_FIELDS))
+    return PolicyService(load_engine(cfg), audit, cfg.get("bundle"), document_fields=fields)

@@ -323,3 +323,23 @@ def test_classification_map_maps_source_values(tmp_path: Path) -> None:
         assert rag.store.filter_documents()[0].meta["classification"] == "restricted"
     finally:
         rag.close()
+
+
+def test_declared_access_attributes_are_strict_and_reach_the_policy(tmp_path: Path) -> None:
+    write_users(tmp_path / "users")
+    d = tmp_path / "docs"
+    d.mkdir()
+    (d / "a.md").write_text("---\ntenant: acme\nregion: [eu, us]\n---\nzebrafinch a.\n")
+    (d / "b.md").write_text("---\ntenant: acme\nregion: {name: eu}\n---\nzebrafinch b.\n")
+    (d / "c.md").write_text("---\ntenant: acme\nregion: 7\n---\nzebrafinch c.\n")
+    args = ("corpus=files", f"corpus.path={d}", "+corpus.access.attributes=[region]")
+    code, summary = _ingest(tmp_path, *args)
+    assert code == 1 and summary["added"] == 1
+    assert sorted(_where_ids(summary["errors"])) == ["b.md", "c.md"]
+    assert all("'region'" in e for e in summary["errors"])
+    rag = RagApp.from_overrides(_overrides(tmp_path, *args))
+    try:
+        assert rag.store.filter_documents()[0].meta["region"] == ["eu", "us"]  # kept as a list, not flattened
+        assert "region" in rag.policy.document_fields
+    finally:
+        rag.close()
