@@ -343,3 +343,54 @@ def test_declared_access_attributes_are_strict_and_reach_the_policy(tmp_path: Pa
         assert "region" in rag.policy.document_fields
     finally:
         rag.close()
+
+
+def test_bad_input_corpus_gives_clean_errors_and_no_traceback(tmp_path: Path) -> None:
+    """Binary, empty, invalid UTF-8, huge, broken PDF/HTML, a directory named like a file, a symlink loop, and a
+    BEIR folder with broken JSON lines, odd ids and duplicates: one clean line each, no traceback."""
+    write_users(tmp_path / "users")
+    d = tmp_path / "docs"
+    d.mkdir()
+    ok = "---\ntenant: acme\n---\n"
+    (d / "good.md").write_text(ok + "zebrafinch good.\n")
+    (d / "binary.md").write_bytes(bytes(range(256)) * 4)
+    (d / "empty.md").write_bytes(b"")
+    (d / "latin1.txt").write_bytes(ok.encode() + "caf\xe9 zebrafinch".encode("latin-1"))
+    (d / "huge.txt").write_text(ok + ("zebrafinch " * 20 + "\n\n") * 400)
+    (d / "broken.pdf").write_bytes(b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n")
+    (d / "zero.pdf").write_bytes(b"")
+    (d / "bad.html").write_bytes(b"<html><head><meta name='tenant' content='acme'>\xff\xfe</head></html>")
+    (d / "dir.md").mkdir()
+    (d / "loop.md").symlink_to(d / "loop.md")
+    (d / "badfm.md").write_text("---\ntenant: [unclosed\n---\nzebrafinch\n")
+    (d / "listfm.md").write_text("---\n- a\n- b\n---\nzebrafinch\n")
+    (d / "side.md").write_text(ok + "zebrafinch side.\n")
+    (d / "side.md.meta.yaml").write_text("- not a mapping\n")
+    code, summary = _ingest(tmp_path, "corpus=files", f"corpus.path={d}")
+    assert code == 1
+    assert summary["added"] == 2, summary  # good.md, huge.txt
+    bad = {"binary.md", "latin1.txt", "broken.pdf", "zero.pdf", "bad.html", "badfm.md", "listfm.md", "side.md"}
+    assert bad <= _where_ids(summary["errors"]), summary["errors"]
+    assert any("empty.md" in q for q in summary["quarantined"])
+    assert all("Traceback" not in e and "\n" not in e for e in summary["errors"])
+
+    beir = tmp_path / "beir"
+    beir.mkdir()
+    rows = [
+        '{"_id": "1", "text": "zebrafinch one"}',
+        "{broken",
+        '{"text": "no id"}',
+        '{"_id": null, "text": "null id"}',
+        '{"_id": {"a": 1}, "text": "object id"}',
+        '{"_id": "1", "text": "duplicate id"}',
+        '{"_id": "2", "text": "zebrafinch", "metadata": {"acl_groups": 5}}',
+        '{"_id": "3", "text": "zebrafinch", "metadata": "tenant=acme"}',
+        '["a", "list"]',
+        '{"_id": "4", "text": ' + "[" * 5000 + "]" * 5000 + "}",
+    ]
+    (beir / "corpus.jsonl").write_bytes(("\n".join(rows) + "\n").encode() + b'{"_id": "5", "text": "\xff"}\n')
+    code, summary = _ingest(tmp_path, "corpus=beir", f"corpus.path={beir}", "project.workdir=beirstate")
+    assert code == 1 and summary["added"] == 1 and summary["duplicates"] == 1, summary
+    lines = sorted(int(e.split(": ", 1)[0].rsplit(":", 1)[1]) for e in summary["errors"])
+    assert lines == [2, 3, 4, 5, 7, 8, 9, 10, 11], summary["errors"]
+    assert any("'acl_groups'" in e and "number 5" in e for e in summary["errors"])
