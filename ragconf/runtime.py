@@ -174,7 +174,11 @@ class RagApp:
     def _build_policy(self) -> Any:
         from ragconf.policy import build_policy_service
 
-        return build_policy_service(self.spec.policy.model_dump(), workdir=self.workdir)
+        return build_policy_service(
+            self.spec.policy.model_dump(),
+            workdir=self.workdir,
+            attributes=tuple(self.spec.corpus.access.attributes),
+        )
 
     def _ctx(self, policy: Any) -> BuildContext:
         return BuildContext(
