@@ -4,6 +4,7 @@ SciFact, metrics re-scored with ir-measures, run comparison, reproduction and sw
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -119,7 +120,8 @@ def test_sweep_logs_one_child_run_per_value_under_a_parent(scifact_dir: Path) ->
 def test_policy_test_and_eval_cli(tmp_path: Path) -> None:
     proc = run_cli("policy", "test", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.strip().endswith("0 failed") and not proc.stdout.startswith("0 passed")
+    assert re.search(r"^[1-9]\d* passed, 0 failed$", proc.stdout, re.MULTILINE), proc.stdout
+    assert "visibility" in proc.stdout  # filter and allow agree on generated principals x documents
     inp = tmp_path / "input.yaml"
     inp.write_text(
         "principal: {id: carol, groups: [contractors], tenant: acme, clearance: public}\n"
