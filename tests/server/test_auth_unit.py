@@ -1,0 +1,125 @@
+"""Authenticator paths the server tests do not reach: RS256 with a PEM key and a JWKS file (key chosen by
+`kid`), algorithm confusion (an HS256 token signed with the public key), claims_win and malformed claims,
+configuration mistakes (named keys, no traceback)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from ragconf.errors import SpecError
+from ragconf.identity import Directory
+from ragconf.server.auth import Authenticator, AuthError, hash_key
+from ragconf.spec.models import AuthSpec, IdentitySpec, UserSpec
+
+DIRECTORY = Directory(IdentitySpec(users={"alice": UserSpec(groups=["sre"], tenant="acme", clearance="confidential")}))
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _pem(key: rsa.RSAPrivateKey) -> str:
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+def _claims(**extra: object) -> dict:
+    return {"sub": "alice", "aud": "ragconf", "exp": int(time.time()) + 60, **extra}
+
+
+def _headers(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+def test_rs256_public_key_and_algorithm_confusion(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> None:
+    pem = tmp_path / "pub.pem"
+    pem.write_text(_pem(rsa_key))
+    auth = Authenticator(
+        AuthSpec.model_validate({"jwt": {"algorithm": "RS256", "public_key_file": str(pem), "audience": "ragconf"}}),
+        DIRECTORY,
+    )
+    good = jwt.encode(_claims(), rsa_key, algorithm="RS256")
+    assert auth.authenticate(_headers(good)).id == "alice"
+    # HS256 "signed" with the public key text: rejected by algorithm, never verified with the PEM as a secret
+    import base64
+    import hashlib
+    import hmac
+
+    def b64(d: bytes) -> str:
+        return base64.urlsafe_b64encode(d).rstrip(b"=").decode()
+
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64(json.dumps(_claims()).encode())
+    sig = b64(hmac.new(pem.read_bytes(), f"{head}.{body}".encode(), hashlib.sha256).digest())
+    with pytest.raises(AuthError) as exc:
+        auth.authenticate(_headers(f"{head}.{body}.{sig}"))
+    assert exc.value.status == 401 and "RS256" in exc.value.detail
+
+
+def test_jwks_selects_the_key_by_kid(tmp_path: Path, rsa_key: rsa.RSAPrivateKey) -> None:
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    keys = []
+    for kid, k in (("k1", rsa_key), ("k2", other)):
+        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(k.public_key()))
+        keys.append({**jwk, "kid": kid, "use": "sig", "alg": "RS256"})
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": keys}))
+    auth = Authenticator(AuthSpec.model_validate({"jwt": {"algorithm": "RS256", "jwks_file": str(jwks)}}), DIRECTORY)
+    ok = jwt.encode(_claims(), other, algorithm="RS256", headers={"kid": "k2"})
+    assert auth.authenticate(_headers(ok)).id == "alice"
+    wrong = jwt.encode(_claims(), other, algorithm="RS256", headers={"kid": "k1"})
+    with pytest.raises(AuthError, match="invalid token"):
+        auth.authenticate(_headers(wrong))
+    unknown = jwt.encode(_claims(), other, algorithm="RS256", headers={"kid": "nope"})
+    with pytest.raises(AuthError, match="kid"):
+        auth.authenticate(_headers(unknown))
+
+
+def test_claims_win_replaces_directory_fields_and_rejects_bad_claims(monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "s" * 40
+    monkeypatch.setenv("T_SECRET", secret)
+    spec = {"jwt": {"secret_env": "T_SECRET", "claims": {"groups": "grp", "clearance": "clr"}, "claims_win": True}}
+    auth = Authenticator(AuthSpec.model_validate(spec), DIRECTORY)
+    p = auth.authenticate(_headers(jwt.encode(_claims(grp=["hr"], clr="public"), secret, algorithm="HS256")))
+    assert p.groups == ("hr",) and p.clearance == "public" and p.tenant == "acme"
+    for bad in ({"grp": "hr"}, {"clr": "top-secret"}):
+        with pytest.raises(AuthError) as exc:
+            auth.authenticate(_headers(jwt.encode(_claims(**bad), secret, algorithm="HS256")))
+        assert exc.value.status == 401
+    # default: the directory wins
+    plain = Authenticator(
+        AuthSpec.model_validate({"jwt": {"secret_env": "T_SECRET", "claims": {"groups": "grp"}}}), DIRECTORY
+    )
+    assert plain.authenticate(_headers(jwt.encode(_claims(grp=["hr"]), secret, algorithm="HS256"))).groups == ("sre",)
+
+
+def test_api_keys_and_config_mistakes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    auth = Authenticator(
+        AuthSpec.model_validate({"api_keys": [{"sha256": hash_key("k-1"), "user": "alice"}]}), DIRECTORY
+    )
+    assert auth.authenticate({"x-api-key": "k-1"}).id == "alice"
+    with pytest.raises(AuthError):
+        auth.authenticate({"x-api-key": "k-2"})
+    monkeypatch.delenv("NOPE_SECRET", raising=False)
+    with pytest.raises(SpecError, match="NOPE_SECRET"):
+        Authenticator(AuthSpec.model_validate({"jwt": {"secret_env": "NOPE_SECRET"}}), DIRECTORY)
+    monkeypatch.setenv("SHORT_SECRET", "short")
+    with pytest.raises(SpecError, match="32 bytes"):
+        Authenticator(AuthSpec.model_validate({"jwt": {"secret_env": "SHORT_SECRET"}}), DIRECTORY)
+    with pytest.raises(SpecError, match="api_keys_file"):
+        Authenticator(AuthSpec.model_validate({"api_keys_file": str(tmp_path / "missing.yaml")}), DIRECTORY)
+    bad = tmp_path / "keys.yaml"
+    bad.write_text("- {sha256: not-a-digest, user: alice}\n")
+    with pytest.raises(SpecError, match="sha256"):
+        Authenticator(AuthSpec.model_validate({"api_keys_file": str(bad)}), DIRECTORY)
