@@ -17,6 +17,7 @@ from ragconf.spec.models import ProjectSpec, RagconfSpec, RoutingSpec
 
 __all__ = [
     "BUILTIN_CONFIG_DIR",
+    "BUILTIN_ROOT",
     "LoadedConfig",
     "config_hash",
     "expand_sweep",
@@ -24,8 +25,24 @@ __all__ = [
     "load_config",
 ]
 
-#: The configs shipped with ragconf (top-level configs/ of the project).
-BUILTIN_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+
+def _builtin_root() -> Path:
+    """The folder holding ragconf's built-in ``configs/``, ``policies/`` and ``examples/handbook/``.
+
+    An installed wheel ships them as package data in ``ragconf/_builtin/`` (copied there by setup.py at build
+    time); an editable install or a source checkout reads the top-level folders of the repository."""
+    from importlib.resources import files
+
+    packaged = Path(str(files("ragconf"))) / "_builtin"
+    if (packaged / "configs").is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2]
+
+
+#: Where ``${rc_root:}`` points: ragconf/_builtin in a wheel, the project folder in a checkout.
+BUILTIN_ROOT = _builtin_root()
+#: The configs shipped with ragconf.
+BUILTIN_CONFIG_DIR = BUILTIN_ROOT / "configs"
 GROUPS = ("corpus", "store", "embedder", "pipeline", "generator", "identity", "policy", "tracking", "eval")
 
 
@@ -252,7 +269,7 @@ def _register_resolvers() -> None:
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("rc_root"):
-        OmegaConf.register_new_resolver("rc_root", lambda: str(BUILTIN_CONFIG_DIR.parent))
+        OmegaConf.register_new_resolver("rc_root", lambda: str(BUILTIN_ROOT))
     if not OmegaConf.has_resolver("rc_basename"):
         OmegaConf.register_new_resolver("rc_basename", lambda p: Path(str(p)).name or "corpus")
 
@@ -284,7 +301,11 @@ def load_config(
     overrides = list(overrides)
     dirs = _dirs_for(config_dir)
     if not dirs:
-        raise SpecError("no config directory found", key="--config-dir", hint="pass --config-dir DIR")
+        raise SpecError(
+            f"no config directory found (ragconf's built-in configs are not at {BUILTIN_CONFIG_DIR})",
+            key="--config-dir",
+            hint="pass --config-dir DIR, or reinstall ragconf from a wheel built by its setup.py",
+        )
     _check_yaml_files(dirs)
     cfg = _compose_adding_schema_keys(dirs, overrides, config_name)
 
