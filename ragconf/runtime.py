@@ -12,7 +12,7 @@ from typing import Any, cast
 from ragconf import spans
 from ragconf.compile import GUARD_NAME, BuildContext, BuiltStage, build_stage
 from ragconf.errors import SpecError
-from ragconf.spec.loader import LoadedConfig, load_config
+from ragconf.spec.loader import LoadedConfig, load_config, load_profile
 from ragconf.spec.models import GeneratorSpec
 from ragconf.types import Principal
 
@@ -124,7 +124,7 @@ class RagApp:
         for name in self.spec.routing.profiles:
             if name in out:
                 continue
-            other = load_config(self.config_dir, [*self.loaded.overrides, f"generator={name}"])
+            other = load_profile(self.loaded, name, self.config_dir)  # generator.* overrides stay with ours
             out[other.spec.generator.name] = other.spec.generator
         return out
 

@@ -23,6 +23,8 @@ __all__ = [
     "expand_sweep",
     "group_options",
     "load_config",
+    "load_profile",
+    "profile_overrides",
 ]
 
 
@@ -165,8 +167,7 @@ def _explain_hydra_error(exc: Exception, overrides: list[str], dirs: list[Path],
         param_error = _explain_unknown_param(key, overrides, dirs, config_name)
         if param_error is not None:
             return param_error
-        model = _model_at(parts)
-        valid = list(model.model_fields) if model is not None else None
+        valid = _owner(parts).valid
         # (a valid schema key the YAML leaves out never gets here: _compose_adding_schema_keys adds it)
         return SpecError(
             f"no such key '{key}'" + (f" (unknown key '{missing.group(1)}')" if missing else ""),
@@ -219,9 +220,9 @@ def _compose_adding_schema_keys(dirs: list[Path], overrides: list[str], config_n
         except Exception as exc:  # Hydra raises several unrelated exception types for user mistakes
             m = re.search(r"Could not override '([^']+)'", str(exc))
             key = m.group(1) if m else None
-            model = _model_at(tuple(key.split("."))) if key else None
+            valid = _owner(tuple(key.split("."))).valid if key else None
             idx = next((i for i, o in enumerate(attempt) if o.startswith(f"{key}=")), None) if key else None
-            if key is None or model is None or key.split(".")[-1] not in model.model_fields or idx is None:
+            if key is None or not valid or key.split(".")[-1] not in valid or idx is None:
                 raise _explain_hydra_error(exc, attempt, dirs, config_name) from None
             attempt[idx] = "+" + attempt[idx]
     raise SpecError("cannot compose the config", source=", ".join(str(d) for d in dirs))
@@ -348,6 +349,27 @@ def load_config(
     return LoadedConfig(spec=spec, data=data, overrides=overrides, config_dirs=dirs, choices=choices)
 
 
+def profile_overrides(overrides: list[str] | tuple[str, ...], profile: str) -> list[str]:
+    """The overrides that compose routing profile ``profile`` (``generator=<profile>``): every override of the
+    command line except those of the `generator` group (its choice, or a key of the configured generator such as
+    ``generator.components.llm.params.base_url``): they configure that generator, and the profile's file may
+    not even have the key. Overrides of other groups apply to every profile, so they never conflict."""
+    out = []
+    for ov in overrides:
+        name = ov.lstrip("+~").split("=", 1)[0].strip()
+        if name == "generator" or name.startswith(("generator.", "generator@")):
+            continue
+        out.append(ov)
+    return [*out, f"generator={profile}"]
+
+
+def load_profile(
+    loaded: LoadedConfig, profile: str, config_dir: str | Path | None = None, config_name: str = "config"
+) -> LoadedConfig:
+    """``loaded``'s config with the generator option ``profile`` (a `routing.profiles` entry)."""
+    return load_config(config_dir, profile_overrides(loaded.overrides, profile), config_name)
+
+
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 
 
@@ -382,13 +404,60 @@ def _dotted(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def _model_at(loc: tuple[Any, ...]) -> Any:
-    """The pydantic model class that owns the last element of ``loc`` (for listing valid keys)."""
+def _union_members(fld: Any) -> dict[str, Any] | None:
+    """tag -> model of a discriminated-union field (``store``), or None for any other field. Members are tagged
+    with ``Tag`` (callable discriminator) or by the Literal of the discriminator field."""
+    import typing
+
+    from pydantic import Discriminator, Tag
+
+    disc = fld.discriminator or next((m for m in fld.metadata if isinstance(m, Discriminator)), None)
+    if disc is None:
+        return None
+    members: dict[str, Any] = {}
+    for arg in typing.get_args(fld.annotation):
+        model, meta = (typing.get_args(arg)[0], typing.get_args(arg)[1:]) if hasattr(arg, "__metadata__") else (arg, ())
+        tag = next((m.tag for m in meta if isinstance(m, Tag)), None)
+        if tag is None and isinstance(disc, str) and disc in getattr(model, "model_fields", {}):
+            literal = typing.get_args(model.model_fields[disc].annotation)
+            tag = str(literal[0]) if literal else None
+        if tag is not None and hasattr(model, "model_fields"):
+            members[str(tag)] = model
+    return members
+
+
+@dataclass
+class _Owner:
+    """Where a config location leads in the schema: the dotted key without pydantic's union tags, the model
+    that owns its last element (None: a free-form mapping), the valid keys there, and for a discriminated
+    union (``store``) the field, the chosen tag and every member's model."""
+
+    key: str
+    model: Any = None
+    valid: list[str] | None = None
+    union_field: str | None = None
+    tag: str | None = None
+    members: dict[str, Any] = field(default_factory=dict)
+
+
+def _owner(loc: tuple[Any, ...]) -> _Owner:
+    """Walk ``loc`` (a pydantic error location or a dotted key split on '.') through the schema. A
+    discriminated union takes its member from the tag pydantic puts in the location (``store.sqlite.hosts``);
+    without a tag (an override, ``store.hosts``) the valid keys are those of every member."""
     import typing
 
     model: Any = RagconfSpec
+    members: dict[str, Any] = {}
+    union_field: str | None = None
+    tag: str | None = None
+    clean: list[Any] = []
+    parts = list(loc)
+    i = 0
     skip_next = False
-    for part in loc[:-1]:
+    while i < len(parts) - 1:
+        part = parts[i]
+        clean.append(part)
+        i += 1
         if skip_next:  # a dict key or list index inside a container field
             skip_next = False
             continue
@@ -396,8 +465,17 @@ def _model_at(loc: tuple[Any, ...]) -> Any:
             continue
         fld = model.model_fields.get(part)
         if fld is None:
-            return None
+            model = None
+            continue
         ann = fld.annotation
+        tagged = _union_members(fld)
+        if tagged is not None:
+            union_field, tag, members = str(part), None, tagged
+            if i < len(parts) - 1 and parts[i] in members:
+                tag = str(parts[i])
+                i += 1  # pydantic's tag, not a config key
+            model = members.get(tag) if tag else None
+            continue
         if hasattr(ann, "model_fields"):
             model = ann
             continue
@@ -408,7 +486,31 @@ def _model_at(loc: tuple[Any, ...]) -> Any:
             skip_next = True
         else:  # Optional[Model] and friends
             model = next((a for a in args if hasattr(a, "model_fields")), None)
-    return model
+    if parts:
+        clean.append(parts[-1])
+    owner = _Owner(_dotted(tuple(clean)), model, union_field=union_field, tag=tag, members=members)
+    if model is not None:
+        owner.valid = list(model.model_fields)
+    elif members and len(clean) >= 2 and clean[-2] == union_field:
+        owner.valid = sorted({k for m in members.values() for k in m.model_fields})
+    return owner
+
+
+def _model_at(loc: tuple[Any, ...]) -> Any:
+    """The pydantic model class that owns the last element of ``loc`` (for listing valid keys)."""
+    return _owner(loc).model
+
+
+def _other_member_hint(owner: _Owner, name: str) -> str | None:
+    """``hosts`` under a sqlite store: say which store type has that key."""
+    others = [t for t, m in owner.members.items() if t != owner.tag and name in m.model_fields]
+    if not others or owner.union_field is None:
+        return None
+    return (
+        f"'{name}' is a key of {owner.union_field} type "
+        + " / ".join(f"'{t}'" for t in others)
+        + (f" (choose it with {owner.union_field}={others[0]})")
+    )
 
 
 def _explain_validation(
@@ -419,16 +521,35 @@ def _explain_validation(
     first: SpecError | None = None
     for err in errors:
         loc = tuple(p for p in err["loc"] if p not in ("function-after",))
-        key = _dotted(loc)
+        owner = _owner(loc)
+        key = owner.key
         source = _source_of(key, choices, dirs, overrides)
+        ctx = err.get("ctx") or {}
         if err["type"] == "extra_forbidden":
-            model = _model_at(loc)
-            valid = list(model.model_fields) if model is not None else None
-            e = SpecError("unknown key", key=key, source=source, valid=valid, got=str(loc[-1]))
+            e = SpecError(
+                "unknown key" + (f" for {owner.union_field} type '{owner.tag}'" if owner.tag else ""),
+                key=key,
+                source=source,
+                valid=owner.valid,
+                got=str(loc[-1]),
+                hint=_other_member_hint(owner, str(loc[-1])),
+            )
+        elif err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            disc = str(ctx.get("discriminator", "")).strip("'")
+            disc = disc if disc.isidentifier() else "type"  # a callable discriminator reads `type`
+            tags = re.findall(r"'([^']*)'", str(ctx.get("expected_tags", ""))) or sorted(_owner((*loc, disc)).members)
+            key = f"{key}.{disc}"
+            source = _source_of(key, choices, dirs, overrides)
+            if err["type"] == "union_tag_not_found":
+                e = SpecError("required key is missing", key=key, source=source, valid=tags)
+            else:
+                e = SpecError(
+                    f"invalid value {ctx.get('tag')!r}", key=key, source=source, valid=tags, got=ctx.get("tag")
+                )
         elif err["type"] == "missing":
             e = SpecError("required key is missing", key=key, source=source)
         elif err["type"] == "literal_error":
-            expected = (err.get("ctx") or {}).get("expected", "")
+            expected = ctx.get("expected", "")
             valid = re.findall(r"'([^']*)'", str(expected))
             e = SpecError(
                 f"invalid value {err.get('input')!r}", key=key, source=source, valid=valid, got=err.get("input")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from ragconf.types import CLASSIFICATIONS
 
@@ -15,6 +15,7 @@ __all__ = [
     "ComponentSpec",
     "ConnectionSpec",
     "CorpusSpec",
+    "ElasticsearchStoreSpec",
     "EmbedderSpec",
     "EvalSpec",
     "GeneratorSpec",
@@ -26,6 +27,7 @@ __all__ = [
     "RoutingSpec",
     "ServeSpec",
     "SourceSpec",
+    "SqliteStoreSpec",
     "StageSpec",
     "StoreSpec",
     "TrackingSpec",
@@ -130,12 +132,36 @@ class CorpusSpec(_Strict):
     chunking: ChunkingSpec = Field(default_factory=ChunkingSpec)
 
 
-class StoreSpec(_Strict):
-    type: str = "sqlite"
+class SqliteStoreSpec(_Strict):
+    """The embedded store: one SQLite file (WAL) with FTS5 BM25 and in-memory dense vectors."""
+
+    type: Literal["sqlite"] = "sqlite"
+    #: The database file (created with its folder, private to the user).
     path: str | None = None
-    hosts: str | None = None
-    index: str | None = None
+
+
+class ElasticsearchStoreSpec(_Strict):
+    """Elasticsearch through elasticsearch-haystack (``pip install 'ragconf[elasticsearch]'``)."""
+
+    type: Literal["elasticsearch"]
+    hosts: str = "http://localhost:9200"
+    index: str = "ragconf"
+    #: Environment variable holding the API key (null: no authentication).
     api_key_env: str | None = None
+
+
+def _store_type(value: Any) -> Any:
+    if isinstance(value, dict):
+        return value.get("type", "sqlite")  # a store without `type` is the embedded one, as before
+    return getattr(value, "type", None)
+
+
+#: The `store` group: one spec per store type, chosen by `type` (default sqlite); a key of another store type
+#: is an error naming the valid keys.
+StoreSpec = Annotated[
+    Annotated[SqliteStoreSpec, Tag("sqlite")] | Annotated[ElasticsearchStoreSpec, Tag("elasticsearch")],
+    Discriminator(_store_type),
+]
 
 
 class EmbedderSpec(_Strict):
@@ -306,7 +332,7 @@ class ServeSpec(_Strict):
 class RagconfSpec(_Strict):
     project: ProjectSpec = Field(default_factory=ProjectSpec)
     corpus: CorpusSpec
-    store: StoreSpec = Field(default_factory=StoreSpec)
+    store: StoreSpec = Field(default_factory=SqliteStoreSpec)
     embedder: EmbedderSpec = Field(default_factory=EmbedderSpec)
     pipeline: PipelineSpec
     generator: GeneratorSpec
