@@ -3,6 +3,11 @@
 Static checks happen here so a bad spec fails before any document is touched: unknown aliases, unknown
 constructor parameters, unknown sockets, bad connections, stage inputs/outputs that do not exist, and
 retrievers that could not take the access filter.
+
+A retriever is recognised by capability, wherever it comes from (a built-in alias, a plugin entry point or an
+allowed Haystack class path): a component whose constructor takes a ``document_store`` gets the configured store
+injected, must have a ``filters`` input (the access filter is fed there on every run) and cannot have that input
+connected; otherwise the spec is rejected.
 """
 
 from __future__ import annotations
@@ -140,9 +145,14 @@ def _instantiate(name: str, spec: Any, prefix: str, ctx: BuildContext) -> tuple[
     params = {k: _resolve_param(v) for k, v in {**entry.defaults, **spec.params}.items()}
     accepted = entry.init_params()
     injected: dict[str, Any] = {}
-    if entry.kind == "retriever":
+    retriever = entry.takes_document_store()
+    if retriever:
         if ctx.store is None:
-            raise CompileError("a retriever needs a document store", key=key, source=source)
+            raise CompileError(
+                f"component '{name}' ({spec.type}) takes a document_store, but no store is configured here",
+                key=key,
+                source=source,
+            )
         injected["document_store"] = ctx.store
     if entry.kind == "text_embedder" and ctx.embedder is not None:
         for k, v in ctx.embedder.model_dump().items():
@@ -159,7 +169,7 @@ def _instantiate(name: str, spec: Any, prefix: str, ctx: BuildContext) -> tuple[
                     got=p,
                 )
     _check_param_types(entry.load(), params, key, source, spec.type)
-    if entry.kind == "retriever" and params.get("filters"):
+    if retriever and params.get("filters"):
         from ragconf.store.filters import to_sql
 
         try:
@@ -167,7 +177,7 @@ def _instantiate(name: str, spec: Any, prefix: str, ctx: BuildContext) -> tuple[
         except StoreError as exc:
             raise CompileError(exc.message, key=f"{key}.params.filters", source=source) from None
     try:
-        return entry.load()(**params, **injected), entry.kind
+        return entry.load()(**params, **injected), "retriever" if retriever else entry.kind
     except RagconfError:
         raise
     except (TypeError, ValueError) as exc:
@@ -219,6 +229,14 @@ def build_stage(stage: StageSpec, prefix: str, ctx: BuildContext, *, guard: bool
         pipe.add_component(name, instance)
         instances[name] = instance
         if kind == "retriever":
+            if not guard:
+                key = f"{prefix}.components.{name}"
+                raise CompileError(
+                    f"component '{name}' ({cspec.type}) takes a document_store: a retriever belongs in the retrieval "
+                    "pipeline, where ragconf applies the access filter and the access guard",
+                    key=key,
+                    source=ctx.source_of(key),
+                )
             retrievers.append(name)
 
     for i, conn in enumerate(stage.connections):
@@ -245,6 +263,12 @@ def build_stage(stage: StageSpec, prefix: str, ctx: BuildContext, *, guard: bool
             key = f"{prefix}.inputs.{in_name}[{j}]"
             comp, sock = _split_ref(ref, key, ctx.source_of(key), instances)
             _check_socket(comp, sock, "input", key, ctx.source_of(key), instances)
+            if comp in retrievers and sock == "filters":
+                raise CompileError(
+                    "retriever filters come from the access policy and cannot be a stage input",
+                    key=key,
+                    source=ctx.source_of(key),
+                )
             inputs.setdefault(in_name, []).append((comp, sock))
 
     okey = f"{prefix}.output"
@@ -253,10 +277,13 @@ def build_stage(stage: StageSpec, prefix: str, ctx: BuildContext, *, guard: bool
 
     for name in retrievers:
         if "filters" not in input_sockets(instances[name]):
+            key = f"{prefix}.components.{name}"
             raise CompileError(
-                f"retriever '{name}' cannot take an access filter (no 'filters' input)",
-                key=f"{prefix}.components.{name}",
-                source=ctx.source_of(prefix),
+                f"retriever '{name}' ({stage.components[name].type}) takes a document_store but has no 'filters' "
+                "input, so ragconf could not apply the access filter to it",
+                key=key,
+                source=ctx.source_of(key),
+                hint="a component that reads the store must accept `filters` in run()",
             )
     if guard:
         from ragconf.guard import AccessGuard

@@ -1,13 +1,21 @@
-"""Component registry: YAML names aliases, never import paths.
+"""Component registry: YAML names aliases, or Haystack's own components by class path from an allowlist.
 
 Built-in aliases map to Haystack classes or ragconf components; third-party packages add aliases through the
-``ragconf.components`` entry-point group (``alias = "package.module:Class"``).
+``ragconf.components`` entry-point group (``alias = "package.module:Class"``). A ``type`` that is a dotted class
+path (``haystack.components.rankers.MetaFieldGroupingRanker``) is accepted only inside :data:`ALLOWED_MODULES`
+(Haystack's components and installed integrations), and only when it resolves to a Haystack component class whose
+real module is inside the allowlist too: YAML can never import an arbitrary module.
+
+What a component *is* comes from its capabilities, not from a kind string: a component whose constructor takes a
+``document_store`` is a retriever wherever it comes from (ragconf injects the store and feeds it the access filter;
+see :mod:`ragconf.compile`).
 """
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +25,10 @@ from ragconf.errors import RegistryError
 __all__ = ["ComponentEntry", "Registry", "default_registry"]
 
 KINDS = ("retriever", "text_embedder", "joiner", "ranker", "builder", "generator", "other")
+
+#: Module prefixes a component ``type`` may name by class path (module, dot, class name).
+ALLOWED_MODULES = ("haystack.components", "haystack_integrations.components")
+_CLASS_PATH = re.compile(r"(?:[A-Za-z_]\w*\.)+[A-Za-z_]\w*")
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,124 @@ class ComponentEntry:
                 return None
             names.append(name)
         return names
+
+    def takes_document_store(self) -> bool:
+        """Whether the constructor names a ``document_store`` parameter (the capability that makes a retriever)."""
+        cls = self.load()
+        try:
+            sig = inspect.signature(cls.__init__ if inspect.isclass(cls) else cls)
+        except (TypeError, ValueError):
+            return False
+        return "document_store" in sig.parameters
+
+    def describe(self) -> dict[str, Any]:
+        """Alias, kind, description, constructor parameters (type, default, required) and the sockets the class
+        declares (inputs from ``run``; outputs from ``@component.output_types``; components that set their
+        sockets in ``__init__``, such as the prompt builder, add more at build time)."""
+        out: dict[str, Any] = {
+            "alias": self.alias,
+            "kind": self.kind,
+            "description": self.description,
+            "class": self.target.replace(":", "."),
+        }
+        try:
+            cls = self.load()
+        except RegistryError as exc:
+            out["error"] = exc.message
+            return out
+        out["retriever"] = self.takes_document_store()
+        params: dict[str, Any] = {}
+        sig = inspect.signature(cls.__init__ if inspect.isclass(cls) else cls)
+        for name, p in sig.parameters.items():
+            if name == "self" or p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+                continue
+            required = p.default is inspect.Parameter.empty and name not in self.defaults
+            info: dict[str, Any] = {"type": _type_name(p.annotation), "required": required}
+            if name in self.defaults:
+                info["default"] = self.defaults[name]
+            elif p.default is not inspect.Parameter.empty:
+                info["default"] = _jsonable(p.default)
+            if name == "document_store":
+                info["injected"] = True  # ragconf passes the configured store
+            params[name] = info
+        out["params"] = params
+        inputs, outputs = class_sockets(cls)
+        out["inputs"] = inputs
+        out["outputs"] = outputs
+        return out
+
+
+def class_sockets(cls: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The input sockets a component class declares through its ``run`` signature (type, required, default) and
+    its output sockets from ``@component.output_types``."""
+    inputs: dict[str, Any] = {}
+    outputs: dict[str, Any] = {}
+    run = getattr(cls, "run", None)
+    if run is None:
+        return inputs, outputs
+    try:
+        import typing
+
+        hints = typing.get_type_hints(run)
+    except Exception:
+        hints = {}
+    for name, p in inspect.signature(run).parameters.items():
+        if name == "self" or p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+            continue
+        info: dict[str, Any] = {"type": _type_name(hints.get(name, p.annotation))}
+        info["required"] = p.default is inspect.Parameter.empty
+        if p.default is not inspect.Parameter.empty:
+            info["default"] = _jsonable(p.default)
+        inputs[name] = info
+    for name, sock in (getattr(run, "_output_types_cache", None) or {}).items():
+        outputs[name] = {"type": _type_name(getattr(sock, "type", Any))}
+    return inputs, outputs
+
+
+def _type_name(annotation: Any) -> str:
+    if annotation is inspect.Parameter.empty:
+        return "Any"
+    if isinstance(annotation, str):
+        return annotation
+    if isinstance(annotation, type) and not getattr(annotation, "__args__", None):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "").replace("haystack.dataclasses.document.", "")
+
+
+def _jsonable(value: Any) -> Any:
+    import json
+
+    try:
+        json.dumps(value)
+        return value
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def class_path_entry(path: str) -> ComponentEntry | None:
+    """An entry for a Haystack component named by class path, or None when ``path`` is not a class path inside
+    :data:`ALLOWED_MODULES`. Raises RegistryError for an allowed path that does not resolve to a component."""
+    if not _CLASS_PATH.fullmatch(path) or not any(path.startswith(m + ".") for m in ALLOWED_MODULES):
+        return None
+    module_name, _, attr = path.rpartition(".")
+    if attr.startswith("_"):
+        return None
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        missing = exc.name or module_name
+        raise RegistryError(
+            f"cannot import '{module_name}' for component type '{path}' ({missing} is not installed)",
+            hint="install the Haystack integration that provides it, or check the class path",
+        ) from None
+    cls = getattr(module, attr, None)
+    from haystack.core.component.component import ComponentMeta
+
+    real_module = getattr(cls, "__module__", "") or ""
+    if not isinstance(cls, ComponentMeta) or not any(real_module.startswith(m + ".") for m in ALLOWED_MODULES):
+        raise RegistryError(f"'{path}' is not a Haystack component class", hint="name a class decorated @component")
+    doc = (inspect.getdoc(cls) or "").strip().splitlines()
+    return ComponentEntry(path, f"{module_name}:{attr}", "other", doc[0] if doc else f"Haystack component {attr}")
 
 
 _BUILTINS: list[ComponentEntry] = [
@@ -160,12 +290,21 @@ class Registry:
 
     def get(self, alias: str, *, key: str | None = None, source: str | None = None) -> ComponentEntry:
         self._load_plugins()
+        entry = self._entries.get(alias)
+        if entry is not None:
+            return entry
         try:
-            return self._entries[alias]
-        except KeyError:
-            raise RegistryError(
-                f"unknown component type '{alias}'", key=key, source=source, valid=self._entries, got=alias
-            ) from None
+            by_path = class_path_entry(alias)
+        except RegistryError as exc:
+            raise RegistryError(exc.message, key=key, source=source, hint=exc.hint) from None
+        if by_path is not None:
+            return by_path
+        hint = None
+        if "." in alias:
+            hint = "a class path must be a Haystack component under " + " or ".join(f"{m}.*" for m in ALLOWED_MODULES)
+        raise RegistryError(
+            f"unknown component type '{alias}'", key=key, source=source, valid=self._entries, got=alias, hint=hint
+        ) from None
 
     def entries(self) -> list[ComponentEntry]:
         self._load_plugins()

@@ -175,3 +175,179 @@ def test_component_error_writes_no_pipeline_snapshot(tmp_path: Any, monkeypatch:
     with pytest.raises(RagconfError):
         _failing_stage(KeyError("x")).run({"documents": []})
     assert list(tmp_path.rglob("*.json")) == []
+
+
+# ----- components by capability: plugin retrievers, Haystack class paths ------------------------------------
+
+PLUGIN_MODULE = '''
+from typing import Any
+
+from haystack import Document, component
+
+SEEN_FILTERS: list[Any] = []
+
+
+@component
+class AcmeRetriever:
+    """A third-party retriever: takes a document_store and a filters input, like any Haystack retriever."""
+
+    def __init__(self, document_store: Any, top_k: int = 5) -> None:
+        self.document_store = document_store
+        self.top_k = top_k
+
+    @component.output_types(documents=list[Document])
+    def run(self, query: str, filters: dict[str, Any] | None = None) -> dict[str, Any]:
+        SEEN_FILTERS.append(filters)
+        return {"documents": self.document_store.bm25_retrieval(query, filters=filters, top_k=self.top_k)}
+
+
+@component
+class BlindRetriever:
+    """Reads the store but cannot take a filter: must be rejected."""
+
+    def __init__(self, document_store: Any) -> None:
+        self.document_store = document_store
+
+    @component.output_types(documents=list[Document])
+    def run(self, query: str) -> dict[str, Any]:
+        return {"documents": self.document_store.bm25_retrieval(query, top_k=5)}
+'''
+
+
+@pytest.fixture
+def acme_plugin(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """An installed plugin distribution registering two aliases through the ragconf.components entry point."""
+    import importlib
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "acme_ragconf_plugin.py").write_text(PLUGIN_MODULE)
+    dist = site / "acme_ragconf_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-ragconf-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[ragconf.components]\n"
+        "acme_bm25 = acme_ragconf_plugin:AcmeRetriever\n"
+        "acme_blind = acme_ragconf_plugin:BlindRetriever\n"
+    )
+    monkeypatch.syspath_prepend(str(site))
+    yield importlib.import_module("acme_ragconf_plugin")
+    import sys
+
+    sys.modules.pop("acme_ragconf_plugin", None)
+
+
+def test_plugin_retriever_gets_the_store_and_the_access_filter(
+    acme_plugin: Any, handbook_dir: Any, tmp_path: Any
+) -> None:
+    """A retriever registered through the entry point (kind 'other') is recognised by capability: the store is
+    injected and every run gets the access policy's filter, so carol (contractor) never sees the runbook."""
+    from ragconf.runtime import RagApp
+    from ragconf.spec import load_config
+
+    team = tmp_path / "team"
+    (team / "pipeline").mkdir(parents=True)
+    (team / "config.yaml").write_text(
+        "defaults:\n  - corpus: handbook\n  - store: sqlite\n  - embedder: minilm\n  - pipeline: acme\n"
+        "  - generator: extractive\n  - identity: handbook\n  - policy: default\n  - tracking: disabled\n"
+        "  - eval: none\n  - _self_\n"
+    )
+    (team / "pipeline" / "acme.yaml").write_text(
+        "name: acme\ncomponents:\n  acme:\n    type: acme_bm25\n    params: {top_k: 20}\n"
+        "inputs:\n  query: [acme.query]\noutput: acme.documents\n"
+    )
+    assert default_registry().get("acme_bm25").kind == "other"
+    rag = RagApp(load_config(team, [f"project.workdir={handbook_dir / '.ragconf'}"]), config_dir=team)
+    try:
+        assert rag.retrieval.retrievers == ["acme"]
+        assert rag.retrieval.pipeline.get_component("acme").document_store is rag.store
+        alice, _, _ = rag.retrieve("database failover runbook meal allowance", rag.principal("alice"))
+        carol, _, _ = rag.retrieve("database failover runbook meal allowance", rag.principal("carol"))
+    finally:
+        rag.close()
+    assert len(acme_plugin.SEEN_FILTERS) == 2 and all(acme_plugin.SEEN_FILTERS), "the access filter was not fed"
+    assert any(d.meta.get("classification") == "confidential" for d in alice)
+    assert carol and all(d.meta.get("classification") in (None, "public") for d in carol)
+
+
+def test_plugin_that_reads_the_store_without_a_filters_input_is_rejected(acme_plugin: Any) -> None:
+    spec = stage(
+        components={"blind": {"type": "acme_blind"}}, inputs={"query": ["blind.query"]}, output="blind.documents"
+    )
+    with pytest.raises(CompileError) as info:
+        build_stage(spec, "pipeline", BuildContext(store=object(), source_of=lambda k: "stage.yaml"), guard=True)
+    assert info.value.key == "pipeline.components.blind"
+    assert "no 'filters' input" in str(info.value)
+
+
+def test_retriever_outside_the_retrieval_stage_is_rejected(acme_plugin: Any) -> None:
+    """The generation stage gets no access filter and no guard, so nothing there may read the store."""
+    spec = stage(components={"acme": {"type": "acme_bm25"}}, inputs={"query": ["acme.query"]}, output="acme.documents")
+    with pytest.raises(CompileError, match="belongs in the retrieval pipeline") as info:
+        build_stage(spec, "generator", BuildContext(store=object(), source_of=lambda k: "gen.yaml"))
+    assert info.value.key == "generator.components.acme"
+
+
+def test_haystack_component_by_class_path_builds_and_runs() -> None:
+    from haystack import Document
+
+    spec = stage(
+        components={
+            "group": {"type": "haystack.components.rankers.MetaFieldGroupingRanker", "params": {"group_by": "team"}}
+        },
+        inputs={"documents": ["group.documents"]},
+        output="group.documents",
+    )
+    built = build_stage(spec, "pipeline", ctx())
+    docs = [Document(content=c, meta={"team": t}) for c, t in [("a", "x"), ("b", "y"), ("c", "x")]]
+    out, _ = built.run({"documents": docs})
+    assert [d.meta["team"] for d in out] == ["x", "x", "y"]
+    # unknown parameters of a class-path component are still named with the valid ones
+    bad = spec.model_copy(deep=True)
+    bad.components["group"].params = {"group_bi": "team"}
+    with pytest.raises(CompileError, match="did you mean 'group_by'"):
+        build_stage(bad, "pipeline", ctx())
+
+
+def test_haystack_retriever_by_class_path_is_a_retriever_and_must_fit_the_store() -> None:
+    """InMemoryBM25Retriever takes a document_store: it is given ragconf's store (not left unfiltered), and a
+    class that cannot work with it is a config error, not a retriever without the access filter."""
+    path = "haystack.components.retrievers.InMemoryBM25Retriever"
+    assert default_registry().get(path).takes_document_store()
+    spec = stage(components={"r": {"type": path}}, inputs={"query": ["r.query"]}, output="r.documents")
+    with pytest.raises(CompileError, match="cannot create component 'r'"):
+        build_stage(spec, "pipeline", BuildContext(store=object(), source_of=lambda k: "stage.yaml"), guard=True)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "os.system",
+        "subprocess.Popen",
+        "builtins.eval",
+        "haystack.core.pipeline.Pipeline",  # haystack, but not a component module
+        "haystack.components.rankers.os",  # a module re-exported by an allowed one
+        "haystack.components.rankers.__builtins__",
+        "ragconf.store.sqlite.SQLiteChunkStore",
+    ],
+)
+def test_class_paths_outside_the_allowlist_are_refused(path: str) -> None:
+    import sys
+
+    before = set(sys.modules)
+    with pytest.raises(RegistryError) as info:
+        build_stage(stage(components={"x": {"type": path}}), "pipeline", ctx())
+    assert info.value.key == "pipeline.components.x.type"
+    assert not {"subprocess"} & (set(sys.modules) - before)
+
+
+def test_components_describe_lists_params_with_types_defaults_and_sockets() -> None:
+    reg = default_registry()
+    bm25 = reg.get("bm25_retriever").describe()
+    assert bm25["retriever"] is True and bm25["params"]["document_store"]["injected"] is True
+    assert bm25["params"]["top_k"] == {"type": "int", "required": False, "default": 10}
+    assert bm25["inputs"]["query"]["required"] is True and "filters" in bm25["inputs"]
+    assert bm25["outputs"] == {"documents": {"type": "list[Document]"}}
+    prompt = reg.get("prompt_builder").describe()
+    assert prompt["params"]["template"]["default"] == "@default_prompt" and not prompt["params"]["template"]["required"]
+    assert reg.get("rrf_joiner").describe()["retriever"] is False
