@@ -296,11 +296,46 @@ def components(as_json: JsonFlag = False) -> None:
     from ragconf.registry import default_registry
 
     entries = default_registry().entries()
-    if as_json:
-        _emit([{"alias": e.alias, "kind": e.kind, "description": e.description} for e in entries])
+    if as_json:  # each alias with its parameters (types, defaults) and sockets
+        _emit([e.describe() for e in entries])
         return
     for e in entries:
         typer.echo(f"{e.alias:22} {e.kind:14} {e.description}")
+    typer.echo("(Haystack components may also be named by class path under haystack.components.*)", err=True)
+
+
+@app.command()
+@handle_errors
+def init(
+    directory: Annotated[Path, typer.Argument(help="Folder to write (created if missing).")] = Path("ragconf-team"),
+    name: Annotated[str | None, typer.Option("--name", help="Project and corpus name (default: folder name).")] = None,
+    tenant: Annotated[str, typer.Option("--tenant", help="Tenant of the documents and users.")] = "acme",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite files init writes.")] = False,
+) -> None:
+    """Write a working, commented team config folder: corpus, pipeline, generators, users, policies, eval stub."""
+    from ragconf.scaffold import init_project
+
+    written = init_project(directory, name=name, tenant=tenant, force=force)
+    typer.echo(f"wrote {len(written)} files into {directory}")
+    typer.echo(f"next: put documents into {directory}/docs, then")
+    typer.echo(f"  ragconf validate --config-dir {directory}")
+    typer.echo(f"  ragconf ingest --config-dir {directory}")
+    typer.echo(f'  ragconf ask "How do I reset my password?" --user lead --config-dir {directory}')
+
+
+@app.command()
+@handle_errors
+def schema(
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write here instead of stdout.")] = None,
+) -> None:
+    """Print the JSON Schema of a composed config (for editor completion of config files)."""
+    from ragconf.scaffold import write_schema
+
+    text = write_schema(out)
+    if out:
+        typer.echo(f"wrote {out}", err=True)
+    else:
+        sys.stdout.write(text)
 
 
 @app.command("eval")

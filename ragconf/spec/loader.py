@@ -3,6 +3,7 @@ naming the dotted key, the file it came from and the valid options."""
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import re
@@ -266,11 +267,18 @@ def _explain_unknown_param(key: str, overrides: list[str], dirs: list[Path], con
     )
 
 
+_CONFIG_DIR: contextvars.ContextVar[Path] = contextvars.ContextVar("ragconf_config_dir", default=BUILTIN_CONFIG_DIR)
+
+
 def _register_resolvers() -> None:
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("rc_root"):
         OmegaConf.register_new_resolver("rc_root", lambda: str(BUILTIN_ROOT))
+    if not OmegaConf.has_resolver("rc_config_dir"):
+        # the folder of the config being composed (--config-dir; the built-in configs otherwise): lets a team
+        # folder name its documents, users and policies wherever the commands are run from
+        OmegaConf.register_new_resolver("rc_config_dir", lambda: str(_CONFIG_DIR.get()))
     if not OmegaConf.has_resolver("rc_basename"):
         OmegaConf.register_new_resolver("rc_basename", lambda p: Path(str(p)).name or "corpus")
 
@@ -318,6 +326,7 @@ def load_config(
         del with_hydra["hydra"]
     # keys every config has even when a team's config.yaml leaves them out
     base = OmegaConf.create({"project": ProjectSpec().model_dump(), "routing": RoutingSpec().model_dump()})
+    token = _CONFIG_DIR.set(dirs[0])
     try:
         merged = OmegaConf.merge(base, with_hydra)
         raw = OmegaConf.to_container(merged, resolve=True, throw_on_missing=True)
@@ -339,6 +348,8 @@ def load_config(
             key=key or None,
             source=_source_of(key, choices, dirs, overrides) if key else None,
         ) from None
+    finally:
+        _CONFIG_DIR.reset(token)
     assert isinstance(raw, dict)
     data: dict[str, Any] = {str(k): v for k, v in raw.items()}
     _check_integers(data, "", choices, dirs, overrides)
