@@ -273,20 +273,21 @@ def serve(
 def export(
     overrides: Overrides = None,
     config_dir: ConfigDir = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write here instead of stdout.")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (one YAML file per stage).")] = Path(
+        "ragconf-export"
+    ),
 ) -> None:
-    """Write the Haystack-native YAML of the retrieval pipeline and the configured generator."""
+    """Write each stage as Haystack YAML that plain `haystack.Pipeline.loads` loads back (see docs/onboarding.md):
+    retrieval.yaml, generator-<profile>.yaml and stages.json (inputs and outputs of each)."""
+    from ragconf.export import export_stages
+
     rag = _app(config_dir, overrides)
     try:
-        text = "# retrieval stage\n" + rag.retrieval.pipeline.dumps()
-        text += "---\n# generation stage\n" + rag.generation(rag.spec.generator.name).pipeline.dumps()
+        written = export_stages(rag, out)
     finally:
         rag.close()
-    if out:
-        out.write_text(text, encoding="utf-8")
-        typer.echo(f"wrote {out}", err=True)
-    else:
-        sys.stdout.write(text)
+    for path in written:
+        typer.echo(str(path))
 
 
 @app.command()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -419,3 +420,9 @@ def __getattr__(name: str) -> Any:
             globals().update(_LAZY)
         return _LAZY[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if "haystack.core.pipeline" in sys.modules:
+    # Haystack deserializing a pipeline (``Pipeline.loads`` of a `ragconf export`) imports this module to find
+    # ``ragconf.components.embedders.RagconfTextEmbedder`` in its component registry: register the classes now.
+    __getattr__("RagconfTextEmbedder")

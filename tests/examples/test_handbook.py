@@ -92,8 +92,9 @@ def test_validate_and_export(handbook_dir: Path) -> None:
     data = json.loads(proc.stdout)
     assert data["valid"] and data["pipeline"] == "hybrid" and "alice" in data["users"]
     proc = run_cli("export", cwd=handbook_dir, check=True)
-    assert "StoreBM25Retriever" in proc.stdout and "access_guard" in proc.stdout
-    assert "DocumentJoiner" in proc.stdout
+    text = (handbook_dir / "ragconf-export" / "retrieval.yaml").read_text()
+    assert "retrieval.yaml" in proc.stdout and "StoreBM25Retriever" in text and "access_guard" in text
+    assert "DocumentJoiner" in text
 
 
 def test_config_mistakes_exit_2_without_traceback(handbook_dir: Path) -> None:
