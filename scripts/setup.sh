@@ -6,4 +6,4 @@ PY=${PYTHON:-python3}
 [ -d .venv ] || "$PY" -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-python -m pip install -q -e ".[dev,opa,pii,serve]"
+python -m pip install -q -e ".[dev,opa,pii,serve,ann]"

@@ -138,6 +138,10 @@ class SqliteStoreSpec(_Strict):
     type: Literal["sqlite"] = "sqlite"
     #: The database file (created with its folder, private to the user).
     path: str | None = None
+    #: Approximate dense search (usearch HNSW, ``pip install 'ragconf[ann]'``): ``mode`` auto|on|off, ``min_rows``,
+    #: ``exact_below`` (filter fraction searched exactly), ``candidates``, ``dtype`` f16|i8|f32, ... (see
+    #: ``ragconf.store.ann.AnnOptions``; checked when the store opens).
+    ann: dict[str, Any] | None = None
 
 
 class ElasticsearchStoreSpec(_Strict):

@@ -1,11 +1,13 @@
 """The embedded store: one SQLite file (WAL) with FTS5 for BM25 and float32 vectors for dense retrieval.
 
 - Durable: every write is one transaction; WAL survives a killed process with everything committed intact.
-- BM25: FTS5's bm25() (k1=1.2, b=0.75) over terms analysed in Python (stopwords + Snowball stemming).
+- BM25: terms analysed in Python (stopwords + Snowball stemming) are stored durably in an FTS5 table; queries
+  run on an in-memory sparse index of FTS5's bm25() scores (k1=1.2, b=0.75) built from that table
+  (:mod:`ragconf.store.bm25index`), so a query costs its terms' posting lists, not a ranking of every match.
 - Dense: vectors live in SQLite and in an in-memory float32 matrix (rebuilt after any process commits);
   exact dot-product search, so results are exact, not approximate.
-- Filters: Haystack filters compiled to SQL and applied *before* top-k in both retrieval paths; for dense
-  search the allowed-row mask of a filter is cached until the next write.
+- Filters: Haystack filters compiled to SQL and applied *before* top-k in both retrieval paths: the allowed
+  rows of a filter become a mask over each in-memory index, cached until the next write.
 - Threads: one writer connection under a lock, one read-only connection per reading thread; each read sees
   one committed state and only the caches built from that same state (see :class:`SQLiteChunkStore`).
 - Identified: ``PRAGMA application_id``/``user_version`` mark a ragconf store and its layout version; a
@@ -31,6 +33,8 @@ from haystack.document_stores.types import DuplicatePolicy
 
 from ragconf._fs import private_dir, private_file
 from ragconf.errors import StoreError
+from ragconf.store.ann import AnnOptions, HnswIndex, usearch_available
+from ragconf.store.bm25index import BM25Index
 from ragconf.store.filters import to_sql
 from ragconf.store.text import analyze
 
@@ -74,15 +78,16 @@ def _as_list(embedding: Any) -> list[float] | None:
 
 
 class _Snapshot:
-    """In-memory state of one store generation: the dense matrix and per-filter caches."""
+    """In-memory state of one store generation: the dense matrix, the BM25 index and per-filter caches."""
 
     def __init__(self, generation: int) -> None:
         self.generation = generation
         self.matrix: np.ndarray | None = None
         self.rowids: np.ndarray | None = None
-        self.count: int | None = None
+        self.bm25: BM25Index | None = None
+        self.ann: HnswIndex | None = None
         self.masks: OrderedDict[str, np.ndarray] = OrderedDict()
-        self.allowed: OrderedDict[str, frozenset[int]] = OrderedDict()
+        self.allowed: OrderedDict[str, np.ndarray] = OrderedDict()
 
 
 class SQLiteChunkStore:
@@ -95,9 +100,12 @@ class SQLiteChunkStore:
     mixes cached and current data, whichever process wrote.
     """
 
-    def __init__(self, path: str | Path, embedding_dim: int = 384, mask_cache: int = 32) -> None:
+    def __init__(
+        self, path: str | Path, embedding_dim: int = 384, mask_cache: int = 32, ann: AnnOptions | Any = None
+    ) -> None:
         self.path = Path(path)
         self.embedding_dim = embedding_dim
+        self.ann = AnnOptions.parse(ann)
         self._lock = threading.RLock()
         self._local = threading.local()
         self._readers: list[tuple[threading.Thread, sqlite3.Connection]] = []
@@ -387,51 +395,33 @@ class SQLiteChunkStore:
         terms = sorted(set(analyze(query)))
         if not terms or top_k <= 0:
             return []
-        top_k = min(int(top_k), _MAX_LIMIT)  # SQLite integers are 64-bit; more than every row is every row
-        match = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
-        where, params = self._where(filters)  # a malformed filter fails before any query
+        top_k = min(int(top_k), _MAX_LIMIT)  # more than every row is every row
+        if filters:
+            self._where(filters)  # a malformed filter fails before any query
         with self._read("BM25 query") as (db, gen):
-            if not filters:
-                ranked = db.execute(
-                    "SELECT rowid, rank FROM fts WHERE fts MATCH ? ORDER BY rank LIMIT ?", (match, top_k)
-                ).fetchall()
-            else:
-                ranked = self._bm25_filtered(db, gen, match, filters, where, params, top_k)
-            rows = self._rows_by_rowid(db, [r[0] for r in ranked])
+            chosen, scores = self._bm25_ranked(db, gen, terms, filters, top_k)
+            rows = self._rows_by_rowid(db, chosen)
         return [
-            self._row_to_doc(rows[rid], score=-float(rank), with_embedding=False) for rid, rank in ranked if rid in rows
+            self._row_to_doc(rows[rid], score=float(s), with_embedding=False)
+            for rid, s in zip(chosen, scores, strict=True)
+            if rid in rows
         ]
 
-    def _bm25_filtered(
-        self,
-        db: sqlite3.Connection,
-        gen: int,
-        match: str,
-        filters: dict[str, Any],
-        where: str,
-        params: list[Any],
-        top_k: int,
-    ) -> list[tuple[int, float]]:
-        """Exact filtered top-k: the allowed rows among the global top-N are the filtered top-k when there are
-        k of them; otherwise the filter runs inside the SQL query over every match."""
-        allowed, count = self._allowed(db, gen, filters, where, params)
-        if not allowed:
-            return []
-        total = max(1, count)
-        # read enough of the global ranking to expect top_k allowed rows (3x margin), then verify
-        n = max(50, int(3 * top_k * total / len(allowed)))
-        if n <= 20_000:
-            ranked = db.execute(
-                "SELECT rowid, rank FROM fts WHERE fts MATCH ? ORDER BY rank LIMIT ?", (match, n)
-            ).fetchall()
-            hits = [r for r in ranked if r[0] in allowed]
-            if len(hits) >= top_k or len(ranked) < n:
-                return hits[:top_k]
-        return db.execute(
-            "SELECT fts.rowid, fts.rank FROM fts JOIN chunks c ON c.rowid = fts.rowid "
-            f"WHERE fts MATCH ? AND {where} ORDER BY fts.rank LIMIT ?",
-            [match, *params, top_k],
-        ).fetchall()
+    def _bm25_ranked(
+        self, db: sqlite3.Connection, gen: int, terms: list[str], filters: dict[str, Any] | None, top_k: int
+    ) -> tuple[list[int], list[float]]:
+        """(rowids, scores) of the BM25 top-k at ``gen``; the filter's allowed-row mask applies before top-k."""
+        snap, index = self._load_bm25(db, gen)
+        mask = self._mask(db, gen, snap, filters, index.rowids, "bm25") if filters else None
+        pos, scores = index.search(terms, top_k, mask)
+        return [int(r) for r in index.rowids[pos]], [float(s) for s in scores]
+
+    def _load_bm25(self, db: sqlite3.Connection, gen: int) -> tuple[_Snapshot, BM25Index]:
+        with self._lock:
+            snap = self._snapshot(gen)
+            if snap.bm25 is None:  # built under the lock: concurrent readers of a new generation wait for one
+                snap.bm25 = BM25Index.build(db.execute("SELECT rowid, terms FROM fts ORDER BY rowid"))
+            return snap, snap.bm25
 
     def _rows_by_rowid(self, db: sqlite3.Connection, rowids: list[int]) -> dict[int, tuple[Any, ...]]:
         if not rowids:
@@ -445,28 +435,26 @@ class SQLiteChunkStore:
             )
         }
 
-    def _allowed(
-        self, db: sqlite3.Connection, gen: int, filters: dict[str, Any], where: str, params: list[Any]
-    ) -> tuple[frozenset[int], int]:
-        """(row ids passing ``filters``, chunk count) at generation ``gen``, cached per generation (a
-        principal's filter repeats). ``db`` must be in a read transaction that sees ``gen``."""
+    def _allowed(self, db: sqlite3.Connection, gen: int, filters: dict[str, Any]) -> np.ndarray:
+        """Sorted row ids passing ``filters`` at generation ``gen``, cached per generation (a principal's filter
+        repeats). ``db`` must be in a read transaction that sees ``gen``."""
         key = json.dumps(filters, sort_keys=True, default=str)
         with self._lock:
             snap = self._snapshot(gen)
             cached = snap.allowed.get(key)
             if cached is not None:
                 snap.allowed.move_to_end(key)
-            count = snap.count
-        if count is None:
-            count = int(db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
-        if cached is None:
-            cached = frozenset(r[0] for r in db.execute(f"SELECT c.rowid FROM chunks c WHERE {where}", params))
+                return cached
+        where, params = self._where(filters)
+        cached = np.fromiter(
+            (r[0] for r in db.execute(f"SELECT c.rowid FROM chunks c WHERE {where} ORDER BY c.rowid", params)),
+            dtype=np.int64,
+        )
         with self._lock:
-            snap.count = count
             snap.allowed[key] = cached
             if len(snap.allowed) > self._mask_cache:
                 snap.allowed.popitem(last=False)
-        return cached, count
+        return cached
 
     def _load_matrix(self, db: sqlite3.Connection, gen: int) -> tuple[_Snapshot, np.ndarray, np.ndarray]:
         with self._lock:
@@ -496,17 +484,24 @@ class SQLiteChunkStore:
             return snap, snap.rowids, snap.matrix
 
     def _mask(
-        self, db: sqlite3.Connection, gen: int, snap: _Snapshot, filters: dict[str, Any], rowids: np.ndarray
+        self,
+        db: sqlite3.Connection,
+        gen: int,
+        snap: _Snapshot,
+        filters: dict[str, Any],
+        rowids: np.ndarray,
+        kind: str,
     ) -> np.ndarray:
-        key = json.dumps(filters, sort_keys=True, default=str)
+        """Bool per position of ``rowids`` (the sorted rows of one in-memory index, ``kind``): passes ``filters``."""
+        key = kind + ":" + json.dumps(filters, sort_keys=True, default=str)
         with self._lock:
             cached = snap.masks.get(key)
             if cached is not None:
                 snap.masks.move_to_end(key)
                 return cached
-        where, params = self._where(filters)
-        allowed, _ = self._allowed(db, gen, filters, where, params)
-        mask = np.isin(rowids, np.fromiter(allowed, dtype=np.int64, count=len(allowed)))
+        allowed = self._allowed(db, gen, filters)
+        pos = np.searchsorted(allowed, rowids)
+        mask = allowed[np.minimum(pos, len(allowed) - 1)] == rowids if len(allowed) else np.zeros(len(rowids), bool)
         with self._lock:
             snap.masks[key] = mask
             if len(snap.masks) > self._mask_cache:
@@ -524,30 +519,73 @@ class SQLiteChunkStore:
             raise StoreError(f"query embedding has shape {q.shape}, store expects ({self.embedding_dim},)")
         if filters:
             self._where(filters)  # a malformed filter fails before any query
+        if top_k <= 0:
+            return []
         with self._read("dense query") as (db, gen):
-            snap, rowids, matrix = self._load_matrix(db, gen)
-            if len(rowids) == 0 or top_k <= 0:
-                return []
-            scores = matrix @ q  # outside the lock: numpy releases the GIL
-            if filters:
-                mask = self._mask(db, gen, snap, filters, rowids)
-                scores = np.where(mask, scores, -np.inf)
-                n_ok = int(mask.sum())
-            else:
-                n_ok = len(rowids)
-            k = min(top_k, n_ok)
-            if k == 0:
-                return []
-            top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
-            top = top[np.argsort(-scores[top], kind="stable")]
-            top = top[np.isfinite(scores[top])]
-            chosen = [int(rowids[i]) for i in top]
+            chosen, scores = self._dense_ranked(db, gen, q, filters, top_k)
             by_id = self._rows_by_rowid(db, chosen)
         return [
-            self._row_to_doc(by_id[rid], score=float(scores[i]), with_embedding=False)
-            for rid, i in zip(chosen, top, strict=True)
+            self._row_to_doc(by_id[rid], score=s, with_embedding=False)
+            for rid, s in zip(chosen, scores, strict=True)
             if rid in by_id
         ]
+
+    def _dense_ranked(
+        self, db: sqlite3.Connection, gen: int, q: np.ndarray, filters: dict[str, Any] | None, top_k: int
+    ) -> tuple[list[int], list[float]]:
+        """(rowids, exact cosine scores) of the dense top-k at ``gen``, filter applied before top-k.
+
+        Exact brute force for a small store, without usearch, or when the filter is selective (then only over
+        the allowed rows); otherwise the HNSW graph proposes candidates (more under a filter), masked by the
+        filter and re-scored exactly; too few allowed candidates fall back to exact search."""
+        snap, rowids, matrix = self._load_matrix(db, gen)
+        n = len(rowids)
+        if n == 0:
+            return [], []
+        mask = self._mask(db, gen, snap, filters, rowids, "dense") if filters else None
+        n_ok = n if mask is None else int(np.count_nonzero(mask))
+        k = min(top_k, n_ok)
+        if k == 0:
+            return [], []
+        ann = self._ann_for(snap, matrix) if n_ok >= self.ann.exact_below * n else None
+        pos: np.ndarray | None = None
+        if ann is not None:  # outside the lock: usearch and numpy release the GIL
+            cand = ann.search(q, self.ann.want(k, n, n_ok))
+            if mask is not None:
+                cand = cand[mask[cand]]
+            if len(cand) >= k:
+                pos = cand
+        if pos is None and mask is not None and n_ok * 4 < n:  # selective: score only the allowed rows
+            pos = self._positions(snap, filters or {}, mask)
+        scores = matrix @ q if pos is None else matrix[pos] @ q
+        if mask is not None and pos is None:
+            scores = np.where(mask, scores, -np.inf)
+        top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
+        top = top[np.lexsort((top if pos is None else pos[top], -scores[top]))]  # ties by ascending rowid
+        top = top[np.isfinite(scores[top])]
+        at = top if pos is None else pos[top]
+        return [int(r) for r in rowids[at]], [float(x) for x in scores[top]]
+
+    def _positions(self, snap: _Snapshot, filters: dict[str, Any], mask: np.ndarray) -> np.ndarray:
+        key = "dense-pos:" + json.dumps(filters, sort_keys=True, default=str)
+        with self._lock:
+            cached = snap.masks.get(key)
+            if cached is None:
+                cached = np.flatnonzero(mask)
+                snap.masks[key] = cached
+                if len(snap.masks) > self._mask_cache:
+                    snap.masks.popitem(last=False)
+            return cached
+
+    def _ann_for(self, snap: _Snapshot, matrix: np.ndarray) -> HnswIndex | None:
+        """This generation's HNSW graph, built on first use; None when search should be exact."""
+        opts = self.ann
+        if opts.mode == "off" or len(matrix) < opts.min_rows or not usearch_available():
+            return None
+        with self._lock:  # built once per generation; concurrent readers wait for it
+            if snap.ann is None:
+                snap.ann = HnswIndex(matrix, opts)
+            return snap.ann
 
     def fingerprint(self) -> dict[str, Any]:
         h = hashlib.sha256()

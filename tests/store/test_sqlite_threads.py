@@ -98,13 +98,25 @@ def hybrid(store: Any) -> Any:
             "output": "fuse.documents",
         }
     )
-    return build_stage(spec, "pipeline", BuildContext(store=store))
+    # retrievers only build in a guarded retrieval stage; the guard here lets every document through (the
+    # store's filter pushdown, not the policy, is under test)
+    return build_stage(spec, "pipeline", BuildContext(store=store, policy=_AllowAll()), guard=True)
+
+
+class _AllowAll:
+    def check_documents(self, principal: Any, documents: list[Any], request: dict[str, Any]) -> Any:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(allowed=documents, decision_id="all", denied=0)
 
 
 def run(stage: Any, q: int, f: int) -> list[tuple[str, float]]:
     emb = unit(np.random.default_rng(1000 + q).normal(size=DIM))
     filters = {"filters": FILTERS[f]}
-    docs, _ = stage.run({"query": QUERIES[q], "query_embedding": emb}, extra={"bm25": filters, "dense": filters})
+    docs, _ = stage.run(
+        {"query": QUERIES[q], "query_embedding": emb},
+        extra={"bm25": filters, "dense": filters, "access_guard": {"principal": "p"}},
+    )
     return [(d.id, round(float(d.score), 9)) for d in docs]
 
 

@@ -1,0 +1,119 @@
+"""Approximate dense search for the embedded store: a usearch HNSW graph over one store generation's vectors.
+
+Optional (``pip install 'ragconf[ann]'``): without usearch the store searches exactly. The graph only proposes
+candidates; the store re-scores them exactly with its float32 matrix, applies the access filter's mask, and
+falls back to exact search when too few allowed candidates come back (see
+:meth:`ragconf.store.sqlite.SQLiteChunkStore.embedding_retrieval`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from ragconf.errors import StoreError
+
+__all__ = ["ANN_MODES", "AnnOptions", "HnswIndex", "usearch_available"]
+
+ANN_MODES = ("auto", "on", "off")
+_HINT = "pip install 'ragconf[ann]'  (or set store.ann.mode=off for exact search)"
+
+
+@dataclass(frozen=True)
+class AnnOptions:
+    """``store.ann`` settings.
+
+    - ``mode``: ``auto`` uses HNSW when usearch is installed and the store holds at least ``min_rows`` vectors;
+      ``on`` requires usearch (a StoreError with the install hint otherwise); ``off`` is always exact.
+    - ``exact_below``: a filter allowing less than this fraction of the vectors is searched exactly over the
+      allowed rows (cheap when selective; a graph search would mostly visit forbidden rows).
+    - ``candidates``: the graph returns at least this many candidates (and ``oversample`` x ``top_k``), scaled
+      up by 1/selectivity under a filter; they are re-scored exactly.
+    """
+
+    mode: str = "auto"
+    min_rows: int = 20_000
+    exact_below: float = 0.05
+    candidates: int = 200
+    oversample: float = 2.0
+    dtype: str = "f16"
+    connectivity: int = 16
+    expansion_add: int = 64
+    expansion_search: int = 200
+    threads: int = 0  # 0: every core for building
+
+    @classmethod
+    def parse(cls, raw: Any) -> AnnOptions:
+        if raw is None:
+            return cls()
+        if isinstance(raw, AnnOptions):
+            return raw
+        if not hasattr(raw, "items"):
+            raise StoreError(f"store.ann must be a mapping, got {type(raw).__name__}")
+        known = {f.name: f.type for f in fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in dict(raw.items()).items():
+            if key not in known:
+                raise StoreError(f"unknown key store.ann.{key}", hint=f"valid keys: {', '.join(known)}")
+            values[key] = value
+        opts = cls(**values)
+        if opts.mode not in ANN_MODES:
+            raise StoreError(f"store.ann.mode must be one of {', '.join(ANN_MODES)}, got {opts.mode!r}")
+        if opts.dtype not in ("f32", "f16", "i8"):
+            raise StoreError(f"store.ann.dtype must be one of f32, f16, i8, got {opts.dtype!r}")
+        if not 0 <= float(opts.exact_below) <= 1:
+            raise StoreError(f"store.ann.exact_below must be a fraction in [0, 1], got {opts.exact_below!r}")
+        for name in ("min_rows", "candidates", "connectivity", "expansion_add", "expansion_search", "threads"):
+            v = getattr(opts, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise StoreError(f"store.ann.{name} must be a non-negative integer, got {v!r}")
+        if opts.mode == "on" and not usearch_available():
+            raise StoreError("store.ann.mode=on needs usearch, which is not installed", hint=_HINT)
+        return opts
+
+    def want(self, top_k: int, n: int, n_allowed: int) -> int:
+        """How many graph candidates to ask for ``top_k`` results when ``n_allowed`` of ``n`` rows pass."""
+        base = max(self.candidates, math.ceil(self.oversample * top_k))
+        return min(n, math.ceil(base * n / max(1, n_allowed)))
+
+
+def usearch_available() -> bool:
+    try:
+        import usearch.index  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class HnswIndex:
+    """HNSW graph (cosine over unit vectors) keyed by row position in one generation's matrix."""
+
+    def __init__(self, matrix: np.ndarray, opts: AnnOptions) -> None:
+        from usearch.index import Index
+
+        self.opts = opts
+        self.size = len(matrix)
+        self.index = Index(
+            ndim=matrix.shape[1],
+            metric="cos",
+            dtype=opts.dtype,
+            connectivity=opts.connectivity or None,
+            expansion_add=opts.expansion_add or None,
+            expansion_search=opts.expansion_search or None,
+        )
+        if len(matrix):
+            self.index.add(
+                np.arange(len(matrix), dtype=np.uint64), matrix, threads=opts.threads or (os.cpu_count() or 1)
+            )
+
+    def search(self, query: np.ndarray, count: int) -> np.ndarray:
+        """Candidate positions (approximately the ``count`` nearest), unordered."""
+        count = min(count, self.size)
+        if count <= 0:
+            return np.zeros(0, dtype=np.int64)
+        matches = self.index.search(query, count, threads=1)
+        return np.asarray(matches.keys, dtype=np.int64)
