@@ -139,16 +139,44 @@ def check(text: str, where: str, *, error: type[RagconfError] = SpecError, synta
     loader.dispose()
 
 
-def safe_load(text: str, where: str, *, error: type[RagconfError] = SpecError) -> Any:
+def _duplicate_key(root: yaml.Node) -> tuple[str, yaml.Node] | None:
+    """The first mapping key that appears twice in one mapping (merge keys ``<<`` aside), if any."""
+    seen_nodes: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen_nodes:
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys: set[tuple[str, str]] = set()
+            for k, _ in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+                    sig = (k.tag, k.value)
+                    if sig in keys:
+                        return k.value, k
+                    keys.add(sig)
+        stack.extend(_children(node))
+    return None
+
+
+def safe_load(text: str, where: str, *, error: type[RagconfError] = SpecError, unique_keys: bool = False) -> Any:
     """Like ``yaml.safe_load`` (one document, plain types) with bounded alias expansion.
 
     ``where`` names the source in the message (a path, or e.g. ``"front matter of docs/a.md"``). Raises
     ``error`` (default :class:`~ragconf.errors.SpecError`, exit code 2) with one line naming ``where``.
+    With ``unique_keys`` a key repeated in one mapping is an error (YAML would silently keep the last one).
     """
     try:
         loader, node = _compose(text, where, error)
     except _SyntaxError as exc:
         raise exc.error from None
+    if unique_keys and node is not None:
+        dup = _duplicate_key(node)
+        if dup is not None:
+            loader.dispose()
+            mark = dup[1].start_mark
+            raise error(f"{where}: the key '{dup[0]}' appears twice (line {mark.line + 1}); keep one")
     try:
         return None if node is None else loader.construct_document(node)
     except yaml.YAMLError as exc:

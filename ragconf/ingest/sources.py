@@ -5,6 +5,8 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import math
+import os
 import re
 import unicodedata
 from collections.abc import Iterator
@@ -31,7 +33,12 @@ class SourceUnavailable(IngestError):
     exit_code = 1
 
 
-_FRONT_MATTER = re.compile(r"\A---\s*\n(.*?)\n---\s*(?:\n|\Z)", re.DOTALL)
+_FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?)\n(?:---|\.\.\.)[ \t]*(?:\n|\Z)", re.DOTALL)
+#: A line that looks like an access key, in text that did not yield front matter (unparsed metadata must never
+#: leave a document looking unlabeled, so that defaults would apply to it).
+_ACCESS_LINE = re.compile(
+    r"^[^\w\n]*(acl[^\w\n]?groups?|tenant|classification)[^\w\n]*[ \t]*[:=]", re.IGNORECASE | re.MULTILINE
+)
 
 
 @dataclass
@@ -42,6 +49,8 @@ class SourceDocument:
     source: str
     meta: dict[str, Any] = field(default_factory=dict)
     format: str = "text"
+    #: Where the document was read (a file path or `corpus.jsonl:LINE`), for messages.
+    origin: str = ""
 
     @property
     def content_hash(self) -> str:
@@ -64,7 +73,9 @@ class SourceError:
     kind: str = "error"
 
     def __str__(self) -> str:
-        return f"{self.where}: {self.reason}"
+        where = self.where.replace("\n", "\\n").replace("\r", "\\r")
+        reason = self.reason.removeprefix(f"{self.where}: ").replace("\n", " ")
+        return f"{where}: {reason}"
 
 
 def normalize(text: str) -> str:
@@ -78,6 +89,10 @@ def _flatten(meta: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Descriptive (non-access) metadata as flat scalar keys; access fields never pass through here."""
     out: dict[str, Any] = {}
     for k, v in meta.items():
+        if not isinstance(k, str):
+            raise IngestError(f"the metadata key {k!r} is not a string (quote it)")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise IngestError(f"the metadata key '{prefix}{k}' holds the non-finite number {v!r}")
         key = f"{prefix}{k}"
         if isinstance(v, dict):
             out.update(_flatten(v, key + "."))
@@ -94,15 +109,30 @@ def _front_matter(raw: str, where: str) -> tuple[str, dict[str, Any]]:
     """(text without the front matter, its mapping) of a Markdown / text file."""
     from ragconf.yamlsafe import safe_load
 
-    m = _FRONT_MATTER.match(raw.lstrip("\ufeff"))
+    body = raw.lstrip("\ufeff").replace("\r\n", "\n").lstrip()
+    m = _FRONT_MATTER.match(body)
     if not m:
+        first = body.split("\n", 1)[0].strip()
+        if first.startswith(("---", "+++")):
+            raise IngestError(
+                f"{where}: the file starts with '{first[:3]}' but has no YAML front matter closed by '---' "
+                "at the start of a line",
+                hint="front matter is YAML between a first line '---' and a line '---'",
+            )
+        head = "\n".join(body.split("\n", 40)[:40])
+        hit = _ACCESS_LINE.search(head)
+        if hit:
+            raise IngestError(
+                f"{where}: '{hit.group(0).strip()}' looks like access metadata outside YAML front matter",
+                hint="put access fields in front matter at the top of the file (--- ... ---) or in a sidecar",
+            )
         return raw, {}
-    loaded = safe_load(m.group(1), f"front matter of {where}", error=IngestError)
+    loaded = safe_load(m.group(1), "front matter", error=IngestError, unique_keys=True)
     if loaded is None:
         loaded = {}
     if not isinstance(loaded, dict):
         raise IngestError(f"{where}: front matter must be a mapping of keys to values")
-    return raw.lstrip("\ufeff")[m.end() :], loaded
+    return body[m.end() :], loaded
 
 
 def _read_utf8(path: Path) -> str:
@@ -140,10 +170,15 @@ def _read_html(path: Path) -> tuple[str, str, dict[str, Any]]:
 
     tree = LexborHTMLParser(_read_utf8(path))
     meta: dict[str, Any] = {}
-    for node in tree.css("meta[name]"):
-        name, content = node.attributes.get("name"), node.attributes.get("content")
+    # only the document's <head> carries metadata: a <meta> in the body is content anyone could have written
+    head = tree.head
+    for node in head.css("meta") if head is not None else []:
+        attrs = node.attributes
+        name = next((attrs.get(a) for a in ("name", "property", "itemprop", "http-equiv") if attrs.get(a)), None)
+        content = attrs.get("content")
         if not name:
             continue
+        name = name.strip()
         if name in meta:  # a repeated <meta name>: all values, so a repeated access field is never half-read
             prev = meta[name]
             meta[name] = [*(prev if isinstance(prev, list) else [prev]), content]
@@ -181,13 +216,54 @@ def _read_pdf(path: Path) -> tuple[str, str, dict[str, Any]]:
     for key, value in dict(info).items():
         name = str(key).lstrip("/")
         if name not in _PDF_STANDARD_INFO and name != "Trapped":
-            meta[name] = value if isinstance(value, str) else str(value)
+            meta[name] = _pdf_value(value)
     xmp = reader.xmp_metadata
     if xmp is not None:
+        _check_xmp_namespaces(xmp)
         meta.update({str(k): v for k, v in xmp.custom_properties.items()})
     title = str(info.get("/Title") or "") or path.stem
     meta["pages"] = len(pages)
     return "\n\n".join(pages), title, meta
+
+
+def _pdf_value(value: Any) -> Any:
+    """A PDF object as a plain value: strings stay strings, arrays become lists, anything else is kept as its
+    Python form (a number, a name, null) so that the access schema rejects it rather than a string of it."""
+    from pypdf.generic import ArrayObject, IndirectObject, NullObject
+
+    if isinstance(value, IndirectObject):
+        value = value.get_object()
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, ArrayObject):
+        return [_pdf_value(v) for v in value]
+    if isinstance(value, NullObject) or value is None:
+        return None
+    if isinstance(value, bool | int | float):
+        return value
+    return {"pdf_object": type(value).__name__}
+
+
+def _check_xmp_namespaces(xmp: Any) -> None:
+    """Access-looking XMP properties outside the pdfx custom-property namespace are ambiguous: reject."""
+    from ragconf.access import ACCESS_FIELDS
+
+    pdfx = "http://ns.adobe.com/pdfx/1.3/"
+    wanted = {_norm(f) for f in ACCESS_FIELDS}
+    stack = [xmp.rdf_root]
+    while stack:
+        node = stack.pop()
+        attrs = getattr(node, "attributes", None)
+        for attr in list(attrs.values()) if attrs else []:
+            if _norm(attr.localName or "") in wanted and attr.namespaceURI != pdfx:
+                raise IngestError(f"XMP property '{attr.name}' looks like an access field outside the pdfx namespace")
+        if node.nodeType == node.ELEMENT_NODE and _norm(node.localName or "") in wanted and node.namespaceURI != pdfx:
+            raise IngestError(f"XMP property '{node.tagName}' looks like an access field outside the pdfx namespace")
+        stack.extend(node.childNodes)
+
+
+def _norm(key: str) -> str:
+    return re.sub(r"[\W_]+", "_", key.strip().lower()).strip("_")
 
 
 _READERS = {
@@ -206,18 +282,28 @@ SIDECAR_SUFFIXES = (".meta.yaml", ".meta.yml", ".meta.json")
 def _sidecar(path: Path) -> dict[str, Any]:
     from ragconf.yamlsafe import safe_load
 
-    found = [path.with_name(path.name + s) for s in SIDECAR_SUFFIXES if path.with_name(path.name + s).is_file()]
+    found = [path.with_name(path.name + s) for s in SIDECAR_SUFFIXES if os.path.lexists(path.with_name(path.name + s))]
     if not found:
         return {}
     if len(found) > 1:
         raise IngestError(f"{path}: more than one sidecar ({', '.join(p.name for p in found)}); keep one")
     side = found[0]
-    data = safe_load(_read_utf8(side), str(side), error=IngestError)
+    if not side.is_file():  # a dangling link, a FIFO, a folder: never fall back to the file's own labels
+        raise IngestError(f"{path}: the sidecar {side.name} is not a readable regular file")
+    data = safe_load(_read_utf8(side), str(side), error=IngestError, unique_keys=True)
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise IngestError(f"{side}: a sidecar must hold a mapping of keys to values")
     return data
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` wins key by key, nested mappings merged the same way (so a dotted access key survives)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def _matches(rel: str, patterns: list[str]) -> bool:
@@ -250,9 +336,13 @@ def split_access(meta: dict[str, Any], mapping: Any, where: str) -> tuple[dict[s
     from ragconf.access import ACCESS_FIELDS, AccessValueError, validate_field
 
     rest = dict(meta)
+    for key in rest:
+        if not isinstance(key, str):
+            raise IngestError(f"{where}: the metadata key {key!r} is not a string (quote it)")
     fields: dict[str, str | None] = {f: getattr(mapping, f, f) for f in ACCESS_FIELDS}
     for attr in getattr(mapping, "attributes", None) or []:
         fields[attr] = attr
+    _reject_lookalikes(rest, fields, where)
     for target, src in fields.items():
         if src != target and target in rest:
             reads = f"from the key '{src}'" if src else f"from nowhere (corpus.access.{target} is null)"
@@ -273,7 +363,7 @@ def split_access(meta: dict[str, Any], mapping: Any, where: str) -> tuple[dict[s
         except AccessValueError as exc:
             source_key = f" (read from the key '{src}')" if src != target else ""
             raise IngestError(f"{where}: {exc}{source_key}") from None
-    labeled = bool(access)
+    labeled = any(f in access for f in ACCESS_FIELDS)  # attributes alone do not restrict anything
     for target, value in (getattr(mapping, "defaults", None) or {}).items():
         access.setdefault(target, value)
     for key in list(rest):
@@ -282,14 +372,42 @@ def split_access(meta: dict[str, Any], mapping: Any, where: str) -> tuple[dict[s
     return access, rest, labeled
 
 
+def _reject_lookalikes(meta: dict[str, Any], fields: dict[str, str | None], where: str) -> None:
+    """A key that is not a configured access key but looks like one (another case or spelling, a singular,
+    a close typo) is ambiguous: the author meant to restrict the document. Reject rather than ignore it."""
+    import difflib
+
+    exact = {src.split(".")[0] for src in fields.values() if src}
+    names: set[str] = set()
+    for target, src in fields.items():
+        for n in (target, src):
+            if n:
+                base = _norm(n.split(".")[-1])
+                names |= {base, base.rstrip("s"), base.replace("_", "")}
+    for key in meta:
+        if key in exact:
+            continue
+        norm = _norm(key)
+        if norm in names or norm.rstrip("s") in names or norm.replace("_", "") in names:
+            raise IngestError(f"{where}: the key '{key}' looks like an access field but is not one this corpus reads")
+        close = difflib.get_close_matches(norm, sorted(names), n=1, cutoff=0.85)
+        if close and len(norm) >= 5:
+            raise IngestError(f"{where}: the key '{key}' looks like the access field '{close[0]}' (a typo?)")
+
+
 def _document_meta(raw: dict[str, Any], access: Any, where: str, errors: list[SourceError], doc_id: str) -> Any:
     """Validated metadata for one document, or None when it was rejected or quarantined (reported)."""
     try:
         acc, rest, labeled = split_access(raw, access, where)
+        flat = _flatten(rest)
     except IngestError as exc:
         errors.append(SourceError(where, exc.message, doc_id))
         return None
-    if not labeled and not acc and getattr(access, "unlabeled", "quarantine") != "public":
+    except Exception as exc:  # one odd document never aborts the run (and its revocations)
+        errors.append(SourceError(where, f"invalid metadata: {type(exc).__name__}: {exc}", doc_id))
+        return None
+    defaults = getattr(access, "defaults", None) or {}
+    if not labeled and not defaults and getattr(access, "unlabeled", "quarantine") != "public":
         errors.append(
             SourceError(
                 where,
@@ -301,7 +419,7 @@ def _document_meta(raw: dict[str, Any], access: Any, where: str, errors: list[So
             )
         )
         return None
-    return {**_flatten(rest), **acc}
+    return {**flat, **acc}
 
 
 def iter_source(spec: Any, access: Any, errors: list[SourceError]) -> Iterator[SourceDocument]:
@@ -332,9 +450,13 @@ def iter_source(spec: Any, access: Any, errors: list[SourceError]) -> Iterator[S
         fmt, reader = _READERS.get(path.suffix.lower(), (None, None))
         if fmt is None or reader is None:
             continue
+        if path.is_symlink():
+            # a link could relabel a file it points to (its own sidecar wins) or reach outside the root
+            errors.append(SourceError(str(path), "a symbolic link: not followed (copy the file instead)", rel))
+            continue
         try:
             text, title, meta = reader(path)
-            meta = {**meta, **_sidecar(path)}
+            meta = _merge(meta, _sidecar(path))
         except IngestError as exc:
             errors.append(SourceError(str(path), exc.message.removeprefix(f"{path}: "), rel))
             continue
@@ -344,7 +466,7 @@ def iter_source(spec: Any, access: Any, errors: list[SourceError]) -> Iterator[S
         doc_meta = _document_meta(meta, access, str(path), errors, rel)
         if doc_meta is None:
             continue
-        yield SourceDocument(rel, normalize(text), title, str(path), doc_meta, fmt)
+        yield SourceDocument(rel, normalize(text), title, str(path), doc_meta, fmt, str(path))
 
 
 def _iter_beir(root: Path, access: Any, errors: list[SourceError]) -> Iterator[SourceDocument]:
@@ -354,6 +476,10 @@ def _iter_beir(root: Path, access: Any, errors: list[SourceError]) -> Iterator[S
         raw = row.get("metadata")
         if raw is None:
             raw = {}
+        stray = [k for k in row if _norm(k) in {_norm(f) for f in ("acl_groups", "tenant", "classification")}]
+        if stray:
+            errors.append(SourceError(where, f"'{stray[0]}' belongs inside the row's 'metadata' object", doc_id))
+            continue
         if not isinstance(raw, dict):
             errors.append(SourceError(where, f"'metadata' must be an object, got {_json_type(raw)}", doc_id))
             continue
@@ -368,6 +494,7 @@ def _iter_beir(root: Path, access: Any, errors: list[SourceError]) -> Iterator[S
             root.name,
             doc_meta,
             "beir",
+            where,
         )
 
 
@@ -375,6 +502,27 @@ def _json_type(value: Any) -> str:
     return {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}.get(
         type(value), type(value).__name__
     )
+
+
+def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"the key '{k}' appears twice")
+        out[k] = v
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _line_id(line: str) -> str | None:
+    """The `_id` of a line that failed to parse, when it can still be read (so an older version is withdrawn)."""
+    m = re.search(r'"_id"\s*:\s*(?:"((?:[^"\\]|\\.)*)"|(-?\d+))', line)
+    if not m:
+        return None
+    return m.group(1) if m.group(1) is not None else m.group(2)
 
 
 def _beir_rows(root: Path, errors: list[SourceError]) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -396,9 +544,9 @@ def _beir_rows(root: Path, errors: list[SourceError]) -> Iterator[tuple[int, dic
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                errors.append(SourceError(where, f"invalid JSON ({exc.msg})"))
+                row = json.loads(line, object_pairs_hook=_unique_object, parse_constant=_no_constant)
+            except ValueError as exc:
+                errors.append(SourceError(where, f"invalid JSON ({getattr(exc, 'msg', exc)})", _line_id(line)))
                 continue
             except RecursionError:
                 errors.append(SourceError(where, "invalid JSON (nested too deeply)"))

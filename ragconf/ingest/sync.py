@@ -8,17 +8,32 @@ listed at all stops the run, before any change (:class:`~ragconf.ingest.sources.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from ragconf.errors import IngestError
 from ragconf.ingest.chunking import chunk_text
 from ragconf.ingest.sources import SourceDocument, SourceError, iter_source
 
-__all__ = ["IngestSummary", "ingest"]
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["IngestBusy", "IngestSummary", "ingest"]
+
+
+class IngestBusy(IngestError):
+    """Another ingest holds the store's ingest lock (a runtime condition: exit 1)."""
+
+    exit_code = 1
 
 
 @dataclass
@@ -97,20 +112,69 @@ def ingest(
     batch_docs: int = 64,
 ) -> IngestSummary:
     """Sync the store with the corpus sources: revoke first (deleted and withdrawn documents), then write."""
+    with _ingest_lock(store):
+        return _ingest(corpus_spec, store, embed_fn, corpus_name, progress, batch_docs)
+
+
+@contextlib.contextmanager
+def _ingest_lock(store: Any) -> Iterator[None]:
+    """One ingest at a time per store, across processes: a second one would read the index before the first
+    wrote it and could miss a revocation. Stores without a local file (Elasticsearch) are not locked."""
+    path = getattr(store, "path", None)
+    if path is None or fcntl is None:
+        yield
+        return
+    lock = Path(str(path) + ".ingest.lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise IngestBusy(
+                f"another ingest into {path} is running; nothing was changed", hint="wait for it and run again"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _ingest(
+    corpus_spec: Any,
+    store: Any,
+    embed_fn: Callable[[list[str]], Any],
+    corpus_name: str | None,
+    progress: Callable[[int, int], None] | None,
+    batch_docs: int,
+) -> IngestSummary:
     start = time.perf_counter()
     corpus = corpus_name or corpus_spec.name
     summary = IngestSummary()
     scan: list[SourceError] = []
-    groups: dict[str, list[SourceDocument]] = {}
-    seen_ids: set[str] = set()
+    by_id: dict[str, SourceDocument] = {}
+    conflicts: set[str] = set()
     # the whole scan happens before any change: a source root that cannot be listed raises here
     for source in corpus_spec.sources:
         for doc in iter_source(source, corpus_spec.access, scan):
             summary.documents_seen += 1
-            if doc.doc_id in seen_ids:  # the same id twice (e.g. two sources): keep the first
+            first = by_id.get(doc.doc_id)
+            if first is None:
+                by_id[doc.doc_id] = doc
+            elif first.content_hash == doc.content_hash:  # the very same document twice: keep one
                 summary.duplicates += 1
-                continue
-            seen_ids.add(doc.doc_id)
+            else:  # one id, two different documents (or access fields): which one is meant is unknowable
+                conflicts.add(doc.doc_id)
+                scan.append(
+                    SourceError(
+                        doc.origin or doc.source,
+                        f"the id '{doc.doc_id}' also comes from {first.origin or first.source} with other content or "
+                        "access "
+                        "fields; neither is indexed",
+                        doc.doc_id,
+                    )
+                )
+    groups: dict[str, list[SourceDocument]] = {}
+    for doc_id, doc in by_id.items():
+        if doc_id not in conflicts:
             groups.setdefault(doc.content_hash, []).append(doc)
     summary.errors = [e for e in scan if e.kind != "quarantined"]
     summary.quarantined = [e for e in scan if e.kind == "quarantined"]

@@ -382,15 +382,196 @@ def test_bad_input_corpus_gives_clean_errors_and_no_traceback(tmp_path: Path) ->
         '{"text": "no id"}',
         '{"_id": null, "text": "null id"}',
         '{"_id": {"a": 1}, "text": "object id"}',
-        '{"_id": "1", "text": "duplicate id"}',
+        '{"_id": "1", "text": "zebrafinch one"}',
         '{"_id": "2", "text": "zebrafinch", "metadata": {"acl_groups": 5}}',
         '{"_id": "3", "text": "zebrafinch", "metadata": "tenant=acme"}',
         '["a", "list"]',
         '{"_id": "4", "text": ' + "[" * 5000 + "]" * 5000 + "}",
     ]
+    rows += ['{"_id": "6", "text": "zebrafinch six"}', '{"_id": "6", "text": "zebrafinch six, other"}']
     (beir / "corpus.jsonl").write_bytes(("\n".join(rows) + "\n").encode() + b'{"_id": "5", "text": "\xff"}\n')
     code, summary = _ingest(tmp_path, "corpus=beir", f"corpus.path={beir}", "project.workdir=beirstate")
     assert code == 1 and summary["added"] == 1 and summary["duplicates"] == 1, summary
-    lines = sorted(int(e.split(": ", 1)[0].rsplit(":", 1)[1]) for e in summary["errors"])
-    assert lines == [2, 3, 4, 5, 7, 8, 9, 10, 11], summary["errors"]
+    conflicts = [e for e in summary["errors"] if "the id '6' also comes from" in e]
+    assert len(conflicts) == 1  # one id, two different rows: neither is indexed
+    lines = sorted(int(e.split(": ", 1)[0].rsplit(":", 1)[1]) for e in summary["errors"] if e not in conflicts)
+    assert lines == [2, 3, 4, 5, 7, 8, 9, 10, 13], summary["errors"]
     assert any("'acl_groups'" in e and "number 5" in e for e in summary["errors"])
+
+
+# ----- red-team findings: each of these was a leak, a fail-open or a crash ----------------------------------
+HOSTILE = {
+    # F1: front matter unclosed, TOML, inside a comment: must not fall back to defaults
+    "unclosed.md": "---\ntenant: acme\nacl_groups: [hr]\nzebrafinch\n",
+    "toml.md": "+++\ntenant = 'acme'\nacl_groups = ['hr']\n+++\nzebrafinch\n",
+    "comment.md": "<!--\n---\ntenant: acme\nacl_groups: [hr]\n---\n-->\nzebrafinch\n",
+    # F2: case and spelling variants of access keys
+    "case.md": "---\ntenant: acme\nClassification: restricted\nACL_Groups: [hr]\n---\nzebrafinch\n",
+    "dash.md": "---\ntenant: acme\nacl-groups: [hr]\n---\nzebrafinch\n",
+    "singular.md": "---\ntenant: acme\nacl_group: hr\n---\nzebrafinch\n",
+    "typo.md": "---\ntenant: acme\nclasification: restricted\n---\nzebrafinch\n",
+    "case.html": '<html><head><meta name="tenant" content="acme"><meta name="Classification" content="restricted">'
+    "</head><body><p>zebrafinch</p></body></html>",
+    "property.html": '<html><head><meta name="tenant" content="acme"><meta property="acl_groups" content="">'
+    "</head><body><p>zebrafinch</p></body></html>",
+    # F7: non-string keys; F8: non-finite numbers; F11: duplicate keys
+    "intkey.md": "---\ntenant: acme\n1: x\n---\nzebrafinch\n",
+    "nan.md": "---\ntenant: acme\nscore: .nan\n---\nzebrafinch\n",
+    "dupkey.md": "---\ntenant: acme\nclassification: restricted\nclassification: public\n---\nzebrafinch\n",
+}
+
+
+def test_red_team_hostile_files_are_rejected(tmp_path: Path) -> None:
+    write_users(tmp_path / "users")
+    d = tmp_path / "docs"
+    d.mkdir()
+    for name, text in HOSTILE.items():
+        (d / name).write_text(text)
+    (d / "control.md").write_text("---\ntenant: acme\n---\nzebrafinch control\n")
+    # F1: front matter after a blank line, a BOM or leading spaces is read, not skipped
+    (d / "blank.md").write_text("\n---\ntenant: acme\nacl_groups: [hr]\n---\nzebrafinch\n")
+    (d / "bom.md").write_text("\ufeff ---\r\ntenant: acme\r\nacl_groups: [hr]\r\n---\r\nzebrafinch\r\n")
+    # F1 with the shipped handbook-style defaults: unparsed metadata must not become `internal`, tenant-less
+    args = ("corpus=files", f"corpus.path={d}", "+corpus.access.defaults={classification: internal}")
+    code, summary = _ingest(tmp_path, *args)
+    assert code == 1 and summary["added"] == 3, summary
+    rag = RagApp.from_overrides(_overrides(tmp_path, *args))
+    try:
+        meta = {x.meta["doc_id"]: x.meta for x in rag.store.filter_documents()}
+    finally:
+        rag.close()
+    assert meta["blank.md"]["acl_groups"] == meta["bom.md"]["acl_groups"] == ["hr"]
+    assert _where_ids(summary["errors"]) == set(HOSTILE), sorted(set(HOSTILE) - _where_ids(summary["errors"]))
+    # F13: one line each, the path once
+    for e in summary["errors"]:
+        where = e.split(": ", 1)[0]
+        assert e.count(where) == 1, e
+
+
+def test_red_team_links_and_sidecars(tmp_path: Path) -> None:
+    write_users(tmp_path / "users")
+    d = tmp_path / "docs"
+    (d / "public").mkdir(parents=True)
+    (d / "hr").mkdir()
+    outside = tmp_path / "outside.md"
+    outside.write_text("---\ntenant: acme\nacl_groups: [hr]\nclassification: restricted\n---\nzebrafinch OUTSIDE\n")
+    (d / "hr" / "pay.md").write_text("---\ntenant: acme\nacl_groups: [hr]\n---\nzebrafinch PAY\n")
+    # F3: a link plus a sidecar would relabel the target
+    (d / "public" / "steal.md").symlink_to(outside)
+    (d / "public" / "steal.md.meta.yaml").write_text("acl_groups: [eng]\nclassification: public\n")
+    (d / "public" / "copy.md").symlink_to(d / "hr" / "pay.md")
+    # F4: a sidecar that exists but is not readable must not fall back to the embedded labels
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    (labels / "a.md.meta.yaml").write_text("access: {groups: [hr], level: restricted}\n")
+    (d / "public" / "a.md").write_text("---\naccess: {tenant: acme}\n---\nzebrafinch SIDEGONE\n")
+    (d / "public" / "a.md.meta.yaml").symlink_to(labels / "a.md.meta.yaml")
+    # F5: a partial sidecar merges into nested metadata key by key
+    (d / "public" / "n.md").write_text(
+        "---\naccess: {tenant: acme, groups: [hr], level: restricted}\n---\nzebrafinch\n"
+    )
+    (d / "public" / "n.md.meta.yaml").write_text("access:\n  tenant: acme\n")
+    args = (
+        "corpus=files",
+        f"corpus.path={d}",
+        "corpus.access.tenant=access.tenant",
+        "corpus.access.acl_groups=access.groups",
+        "corpus.access.classification=access.level",
+    )
+    code, summary = _ingest(tmp_path, *args)
+    assert {"steal.md", "copy.md"} <= _where_ids(summary["errors"]), summary
+    rag = RagApp.from_overrides(_overrides(tmp_path, *args))
+    try:
+        meta = {x.meta["doc_id"]: x.meta for x in rag.store.filter_documents()}
+    finally:
+        rag.close()
+    assert meta["public/n.md"]["acl_groups"] == ["hr"] and meta["public/n.md"]["classification"] == "restricted"
+    assert "public/steal.md" not in meta and "public/copy.md" not in meta
+    # the labels disappear: the document is withdrawn, not served with its embedded (weaker) labels
+    shutil.move(labels, tmp_path / "labels.gone")
+    code, again = _ingest(tmp_path, *args)
+    assert code == 1 and "public/a.md" in again["withdrawn"], again
+
+
+def test_red_team_revocation_survives_a_crashing_file_and_non_string_keys(tmp_path: Path) -> None:
+    write_users(tmp_path / "users")
+    d = tmp_path / "docs"
+    d.mkdir()
+    (d / "keep.md").write_text("---\ntenant: acme\n---\nzebrafinch keep\n")
+    (d / "gone.md").write_text("---\ntenant: acme\n---\nzebrafinch gone\n")
+    args = ("corpus=files", f"corpus.path={d}")
+    assert _ingest(tmp_path, *args)[0] == 0
+    (d / "gone.md").unlink()
+    (d / "bad.md").write_text("---\ntenant: acme\nnull: x\n---\nzebrafinch\n")
+    (d / "bad.md.meta.yaml").write_text("true: 1\n")
+    code, summary = _ingest(tmp_path, *args)
+    assert code == 1 and summary["deleted"] == 1, summary
+
+
+def test_red_team_concurrent_ingest_is_refused(tmp_path: Path) -> None:
+    import fcntl
+    import os
+
+    write_users(tmp_path / "users")
+    d = tmp_path / "docs"
+    d.mkdir()
+    (d / "a.md").write_text("---\ntenant: acme\n---\nzebrafinch\n")
+    args = ("corpus=files", f"corpus.path={d}")
+    assert _ingest(tmp_path, *args)[0] == 0
+    locks = list((tmp_path / "state").rglob("*.ingest.lock"))
+    assert len(locks) == 1
+    fd = os.open(locks[0], os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        proc = run_cli("ingest", *_overrides(tmp_path, *args), cwd=tmp_path)
+    finally:
+        os.close(fd)
+    assert proc.returncode == 1 and "another ingest" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_red_team_pdf_beir_attributes_duplicates(tmp_path: Path) -> None:
+    from pypdf.generic import ArrayObject, NameObject, NumberObject, TextStringObject
+
+    write_users(tmp_path / "users")
+    d = tmp_path / "docs"
+    (d / "one").mkdir(parents=True)
+    (d / "two").mkdir()
+    # F9: PDF values that are not strings are rejected, never stringified
+    import io
+
+    from pypdf import PdfReader, PdfWriter
+
+    for name, info in (
+        ("arr.pdf", {"/acl_groups": ArrayObject([TextStringObject("hr")]), "/tenant": TextStringObject("acme")}),
+        ("num.pdf", {"/tenant": NumberObject(42)}),
+    ):
+        w = PdfWriter(clone_from=PdfReader(io.BytesIO(minimal_pdf("zebrafinch pdf"))))
+        w._info.get_object().update({NameObject(k): v for k, v in info.items()})  # type: ignore[union-attr]
+        buf = io.BytesIO()
+        w.write(buf)
+        (d / "one" / name).write_bytes(buf.getvalue())
+    # F10: a declared attribute alone is not access metadata
+    (d / "one" / "attr.md").write_text("---\ndepartment: hr\n---\nzebrafinch\n")
+    # F12: two sources, one relative path, different documents
+    (d / "one" / "readme.md").write_text("---\ntenant: acme\n---\nzebrafinch public readme\n")
+    (d / "two" / "readme.md").write_text("---\ntenant: acme\nacl_groups: [hr]\n---\nzebrafinch hr readme\n")
+    sources = f"corpus.sources=[{{type: files, path: {d / 'one'}}}, {{type: files, path: {d / 'two'}}}]"
+    args = ("corpus=files", f"corpus.path={d}", sources, "+corpus.access.attributes=[department]")
+    code, summary = _ingest(tmp_path, *args)
+    assert code == 1 and summary["added"] == 1, json.dumps(summary, indent=1)  # arr.pdf: a list of strings
+    assert {"num.pdf", "readme.md"} <= _where_ids(summary["errors"]), summary["errors"]
+    assert any("attr.md" in q for q in summary["quarantined"])
+    # F2/F8/F11 in BEIR: top-level access keys, NaN, duplicate keys, one id with two different rows
+    b = tmp_path / "beir"
+    b.mkdir()
+    (b / "corpus.jsonl").write_text(
+        '{"_id": "1", "text": "zebrafinch", "tenant": "acme"}\n'
+        '{"_id": "2", "text": "zebrafinch", "metadata": {"tenant": "acme", "score": NaN}}\n'
+        '{"_id": "3", "text": "zebrafinch", "metadata": {"classification": "restricted", "classification": "public"}}\n'
+        '{"_id": "4", "text": "zebrafinch", "metadata": {"tenant": "acme"}}\n'
+        '{"_id": "4", "text": "zebrafinch", "metadata": {"tenant": "acme", "acl_groups": ["hr"]}}\n'
+        '{"_id": "5", "text": "zebrafinch five"}\n'
+    )
+    code, summary = _ingest(tmp_path, "corpus=beir", f"corpus.path={b}")
+    assert code == 1 and summary["added"] == 1, summary  # row 5 only
+    assert len(summary["errors"]) == 4, summary["errors"]
