@@ -8,8 +8,9 @@ Layout of the output folder (one file per stage, each a complete ``haystack.Pipe
                                 the retrievers that take the access filter, the config hash and policy revision
 
 Load with ``Pipeline.loads(text, allowed_modules=["ragconf"])``: Haystack's deserialization allowlist stays on and
-admits ragconf's modules only. The retrievers reopen the same store; the access guard enforces the same policy
-bundle (and refuses a bundle at another revision); run it with ``{"access_guard": {"principal": {...}}}``.
+admits ragconf's modules only. The retrievers reopen the same store (by absolute path); the access guard enforces
+the same policy bundle (and refuses a bundle at another revision); run it with
+``{"access_guard": {"principal": {...}}}``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,27 @@ def _stage_info(stage: Any) -> dict[str, Any]:
     }
 
 
+def _absolute_store_paths(node: Any) -> Any:
+    """Store paths in the dump are made absolute, so the export reopens the same store from any directory."""
+    if isinstance(node, dict):
+        out = {k: _absolute_store_paths(v) for k, v in node.items()}
+        params = out.get("init_parameters")
+        store = isinstance(out.get("type"), str) and out["type"].startswith("ragconf.store.")
+        if store and isinstance(params, dict) and isinstance(params.get("path"), str):
+            params["path"] = str(Path(params["path"]).resolve())
+        return out
+    if isinstance(node, list):
+        return [_absolute_store_paths(v) for v in node]
+    return node
+
+
+def dumps(pipeline: Any) -> str:
+    """Haystack YAML of ``pipeline`` (Haystack's own marshaller), with absolute store paths."""
+    from haystack.marshal import YamlMarshaller
+
+    return YamlMarshaller().marshal(_absolute_store_paths(pipeline.to_dict()))
+
+
 def export_stages(rag: Any, out_dir: str | Path) -> list[Path]:
     """Write every stage of ``rag`` (a :class:`ragconf.runtime.RagApp`) into ``out_dir``; return the files."""
     out = Path(out_dir)
@@ -48,7 +70,7 @@ def export_stages(rag: Any, out_dir: str | Path) -> list[Path]:
 
     def write(filename: str, what: str, stage: Any) -> None:
         path = out / filename
-        path.write_text(header.format(what=what, **common) + stage.pipeline.dumps(), encoding="utf-8")
+        path.write_text(header.format(what=what, **common) + dumps(stage.pipeline), encoding="utf-8")
         stages[filename] = _stage_info(stage)
         written.append(path)
 
