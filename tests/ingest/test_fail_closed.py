@@ -49,6 +49,15 @@ def _ingest(work: Path, *extra: str, strict: bool = False) -> tuple[int, dict]:
     return proc.returncode, json.loads(proc.stdout)
 
 
+def _stored_meta(work: Path, *corpus_args: str) -> dict[str, dict]:
+    """doc_id -> chunk metadata of what the store holds (first chunk of each document)."""
+    rag = RagApp.from_overrides(_overrides(work, *corpus_args))
+    try:
+        return {x.meta["doc_id"]: x.meta for x in rag.store.filter_documents()}
+    finally:
+        rag.close()
+
+
 def _where_ids(items: list[str]) -> set[str]:
     """Document ids named in `ingest --json` errors / quarantined lines ('<path or file:line>: reason')."""
     out = set()
@@ -195,11 +204,7 @@ def test_each_format_carries_access_metadata_and_sidecars_win(tmp_path: Path) ->
     (d / "f.txt.meta.json").write_text('{"tenant": "acme", "classification": "public"}')
     code, summary = _ingest(tmp_path, "corpus=files", f"corpus.path={d}")
     assert code == 0 and summary["added"] == 6, summary
-    rag = RagApp.from_overrides(_overrides(tmp_path, "corpus=files", f"corpus.path={d}"))
-    try:
-        meta = {x.meta["doc_id"]: x.meta for x in rag.store.filter_documents()}
-    finally:
-        rag.close()
+    meta = _stored_meta(tmp_path, "corpus=files", f"corpus.path={d}")
     access = {k: {f: v[f] for f in ("tenant", "acl_groups", "classification") if f in v} for k, v in meta.items()}
     assert access == {
         "a.md": {"tenant": "acme", "acl_groups": ["hr"]},
@@ -318,11 +323,7 @@ def test_classification_map_maps_source_values(tmp_path: Path) -> None:
     args = ("corpus=files", f"corpus.path={d}", f"+corpus.access.classification_map={cfg}")
     code, summary = _ingest(tmp_path, *args)
     assert code == 0 and summary["added"] == 1, summary
-    rag = RagApp.from_overrides(_overrides(tmp_path, *args))
-    try:
-        assert rag.store.filter_documents()[0].meta["classification"] == "restricted"
-    finally:
-        rag.close()
+    assert next(iter(_stored_meta(tmp_path, *args).values()))["classification"] == "restricted"
 
 
 def test_declared_access_attributes_are_strict_and_reach_the_policy(tmp_path: Path) -> None:
@@ -435,11 +436,7 @@ def test_red_team_hostile_files_are_rejected(tmp_path: Path) -> None:
     args = ("corpus=files", f"corpus.path={d}", "+corpus.access.defaults={classification: internal}")
     code, summary = _ingest(tmp_path, *args)
     assert code == 1 and summary["added"] == 3, summary
-    rag = RagApp.from_overrides(_overrides(tmp_path, *args))
-    try:
-        meta = {x.meta["doc_id"]: x.meta for x in rag.store.filter_documents()}
-    finally:
-        rag.close()
+    meta = _stored_meta(tmp_path, *args)
     assert meta["blank.md"]["acl_groups"] == meta["bom.md"]["acl_groups"] == ["hr"]
     assert _where_ids(summary["errors"]) == set(HOSTILE), sorted(set(HOSTILE) - _where_ids(summary["errors"]))
     # F13: one line each, the path once
@@ -480,11 +477,7 @@ def test_red_team_links_and_sidecars(tmp_path: Path) -> None:
     )
     code, summary = _ingest(tmp_path, *args)
     assert {"steal.md", "copy.md"} <= _where_ids(summary["errors"]), summary
-    rag = RagApp.from_overrides(_overrides(tmp_path, *args))
-    try:
-        meta = {x.meta["doc_id"]: x.meta for x in rag.store.filter_documents()}
-    finally:
-        rag.close()
+    meta = _stored_meta(tmp_path, *args)
     assert meta["public/n.md"]["acl_groups"] == ["hr"] and meta["public/n.md"]["classification"] == "restricted"
     assert "public/steal.md" not in meta and "public/copy.md" not in meta
     # the labels disappear: the document is withdrawn, not served with its embedded (weaker) labels
