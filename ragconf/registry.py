@@ -204,6 +204,12 @@ _BUILTINS: list[ComponentEntry] = [
         "dense retrieval over the configured store (filters pushed down)",
     ),
     ComponentEntry(
+        "hybrid_retriever",
+        "ragconf.store.components:StoreHybridRetriever",
+        "retriever",
+        "BM25 + dense + reciprocal-rank fusion in one store call (filters pushed into both branches)",
+    ),
+    ComponentEntry(
         "text_embedder",
         "ragconf.components.embedders:RagconfTextEmbedder",
         "text_embedder",

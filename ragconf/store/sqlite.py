@@ -36,6 +36,7 @@ from ragconf.errors import StoreError
 from ragconf.store.ann import AnnOptions, HnswIndex, usearch_available
 from ragconf.store.bm25index import BM25Index
 from ragconf.store.filters import to_sql
+from ragconf.store.fusion import rrf
 from ragconf.store.text import analyze
 
 __all__ = ["SQLiteChunkStore"]
@@ -511,12 +512,7 @@ class SQLiteChunkStore:
     def embedding_retrieval(
         self, query_embedding: list[float], *, filters: dict[str, Any] | None = None, top_k: int = 10
     ) -> list[Document]:
-        try:
-            q = np.asarray(query_embedding, dtype=np.float32)
-        except (TypeError, ValueError) as exc:
-            raise StoreError(f"query embedding is not a vector of numbers ({exc})") from None
-        if q.shape != (self.embedding_dim,):
-            raise StoreError(f"query embedding has shape {q.shape}, store expects ({self.embedding_dim},)")
+        q = self._query_vector(query_embedding)
         if filters:
             self._where(filters)  # a malformed filter fails before any query
         if top_k <= 0:
@@ -529,6 +525,15 @@ class SQLiteChunkStore:
             for rid, s in zip(chosen, scores, strict=True)
             if rid in by_id
         ]
+
+    def _query_vector(self, query_embedding: Any) -> np.ndarray:
+        try:
+            q = np.asarray(query_embedding, dtype=np.float32)
+        except (TypeError, ValueError) as exc:
+            raise StoreError(f"query embedding is not a vector of numbers ({exc})") from None
+        if q.shape != (self.embedding_dim,):
+            raise StoreError(f"query embedding has shape {q.shape}, store expects ({self.embedding_dim},)")
+        return q
 
     def _dense_ranked(
         self, db: sqlite3.Connection, gen: int, q: np.ndarray, filters: dict[str, Any] | None, top_k: int
@@ -586,6 +591,32 @@ class SQLiteChunkStore:
             if snap.ann is None:
                 snap.ann = HnswIndex(matrix, opts)
             return snap.ann
+
+    def hybrid_retrieval(
+        self,
+        query: str,
+        query_embedding: list[float],
+        *,
+        filters: dict[str, Any] | None = None,
+        top_k: int = 10,
+        candidates: int = 100,
+        weights: list[float] | None = None,
+    ) -> list[Document]:
+        """BM25 top-``candidates`` + dense top-``candidates`` fused by reciprocal-rank fusion, in one read
+        transaction, with ``filters`` applied before top-k in both branches; only the fused top-k chunks are
+        read and built. Same ranking and scores as the two retrievers joined by Haystack's RRF joiner."""
+        q = self._query_vector(query_embedding)
+        if filters:
+            self._where(filters)  # a malformed filter fails before any query
+        if top_k <= 0 or candidates <= 0:
+            return []
+        terms = sorted(set(analyze(query)))
+        with self._read("hybrid query") as (db, gen):
+            lexical = self._bm25_ranked(db, gen, terms, filters, candidates)[0] if terms else []
+            dense = self._dense_ranked(db, gen, q, filters, candidates)[0]
+            fused = rrf([lexical, dense], top_k, weights)
+            rows = self._rows_by_rowid(db, [rid for rid, _ in fused])
+        return [self._row_to_doc(rows[rid], score=sc, with_embedding=False) for rid, sc in fused if rid in rows]
 
     def fingerprint(self) -> dict[str, Any]:
         h = hashlib.sha256()
