@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -33,25 +34,28 @@ def bearer(value: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {value}"}
 
 
-REFUSED = [
-    ("no credentials", {}, 401),
-    ("wrong key", bearer("rk-not-a-key"), 401),
-    ("empty bearer", {"Authorization": "Bearer"}, 401),
-    ("basic auth", {"Authorization": "Basic YWxpY2U6eA=="}, 401),
-    ("expired JWT", bearer(token(exp=int(time.time()) - 60)), 401),
-    ("wrong audience", bearer(token(aud="someone-else")), 401),
-    ("wrong issuer", bearer(token(iss="https://evil.test")), 401),
-    ("wrong secret", bearer(token(secret="another-secret-0123456789abcdef0123456789")), 401),
-    ("alg none", bearer(unsigned()), 401),
-    ("JWT for an unknown user", bearer(token("mallory")), 403),
+# header factories: tokens are minted when the test runs (collection can happen minutes earlier)
+REFUSED: list[tuple[str, Callable[[], dict[str, str]], int]] = [
+    ("no credentials", lambda: {}, 401),
+    ("wrong key", lambda: bearer("rk-not-a-key"), 401),
+    ("empty bearer", lambda: {"Authorization": "Bearer"}, 401),
+    ("basic auth", lambda: {"Authorization": "Basic YWxpY2U6eA=="}, 401),
+    ("expired JWT", lambda: bearer(token(exp=int(time.time()) - 60)), 401),
+    ("wrong audience", lambda: bearer(token(aud="someone-else")), 401),
+    ("wrong issuer", lambda: bearer(token(iss="https://evil.test")), 401),
+    ("wrong secret", lambda: bearer(token(secret="another-secret-0123456789abcdef0123456789")), 401),
+    ("alg none", lambda: bearer(unsigned()), 401),
+    ("JWT for an unknown user", lambda: bearer(token("mallory")), 403),
 ]
 
 
 @pytest.mark.parametrize(("case", "headers", "status"), REFUSED, ids=[c[0] for c in REFUSED])
-def test_bad_credentials_are_refused_before_retrieval(server: Server, case: str, headers: dict, status: int) -> None:
+def test_bad_credentials_are_refused_before_retrieval(
+    server: Server, case: str, headers: Callable[[], dict[str, str]], status: int
+) -> None:
     before = audit_lines(server)
     for path in ("/v1/ask", "/v1/retrieve"):
-        r = httpx.post(server.url + path, json=Q, headers=headers)
+        r = httpx.post(server.url + path, json=Q, headers=headers())
         assert r.status_code == status, (case, r.text)
         assert "documents" not in r.json() and "answer" not in r.json()
         if status == 401:
