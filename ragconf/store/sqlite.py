@@ -278,7 +278,8 @@ class SQLiteChunkStore:
         return _Tx()
 
     # ----- writing -------------------------------------------------------------------------------------
-    def _insert(self, db: sqlite3.Connection, doc: Document, corpus: str | None = None) -> None:
+    def _row(self, doc: Document, corpus: str | None = None) -> tuple[Any, ...]:
+        """(id, corpus, doc_id, content, meta json, embedding blob, fts terms) of one chunk, checked."""
         meta = dict(doc.meta or {})
         corpus = corpus if corpus is not None else str(meta.get("corpus", ""))
         emb = None
@@ -294,13 +295,24 @@ class SQLiteChunkStore:
             meta_json = json.dumps(meta, ensure_ascii=False, default=str)
         except (TypeError, ValueError) as exc:
             raise StoreError(f"chunk {doc.id}: metadata is not JSON-serialisable ({exc})") from None
-        cur = db.execute(
-            "INSERT INTO chunks (id, corpus, doc_id, content, meta, embedding) VALUES (?,?,?,?,?,?)",
-            (doc.id, corpus, meta.get("doc_id"), doc.content, meta_json, emb),
-        )
         title = str(meta.get("title") or "")
         terms = " ".join(analyze(f"{title} {doc.content or ''}"))
-        db.execute("INSERT INTO fts (rowid, terms) VALUES (?, ?)", (cur.lastrowid, terms))
+        return (doc.id, corpus, meta.get("doc_id"), doc.content, meta_json, emb, terms)
+
+    def _insert(self, db: sqlite3.Connection, doc: Document, corpus: str | None = None) -> None:
+        self._insert_many(db, [self._row(doc, corpus)])
+
+    def _insert_many(self, db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+        """Insert prepared chunk rows with consecutive row ids (we hold the write transaction), two statements
+        for the whole batch."""
+        if not rows:
+            return
+        start = int(db.execute("SELECT COALESCE(MAX(rowid), 0) FROM chunks").fetchone()[0]) + 1
+        db.executemany(
+            "INSERT INTO chunks (rowid, id, corpus, doc_id, content, meta, embedding) VALUES (?,?,?,?,?,?,?)",
+            [(start + n, *r[:6]) for n, r in enumerate(rows)],
+        )
+        db.executemany("INSERT INTO fts (rowid, terms) VALUES (?, ?)", [(start + n, r[6]) for n, r in enumerate(rows)])
 
     def _delete_where(self, db: sqlite3.Connection, where: str, params: Iterable[Any]) -> int:
         params = list(params)
@@ -339,11 +351,19 @@ class SQLiteChunkStore:
     def replace_docs(self, corpus: str, items: list[tuple[str, str, list[Document]]]) -> None:
         """Several :meth:`replace_doc` in one transaction: (doc_id, content_hash, chunks) each."""
         with self._lock, self._errors("write"), self._tx() as db:
+            last = {doc_id: n for n, (doc_id, _, _) in enumerate(items)}  # a doc listed twice: the last one wins
+            rows = [  # every chunk checked before anything is written
+                self._row(doc, corpus)
+                for n, (doc_id, _, chunks) in enumerate(items)
+                if last[doc_id] == n
+                for doc in chunks
+            ]
+            fresh = not db.execute("SELECT 1 FROM chunks WHERE corpus = ? LIMIT 1", (corpus,)).fetchone()
             for doc_id, h, chunks in items:
-                self._delete_where(db, "corpus = ? AND doc_id = ?", [corpus, doc_id])
-                for doc in chunks:
-                    self._insert(db, doc, corpus)
+                if not fresh:  # a first load of a corpus has nothing to delete
+                    self._delete_where(db, "corpus = ? AND doc_id = ?", [corpus, doc_id])
                 db.execute("INSERT OR REPLACE INTO docs VALUES (?,?,?,?)", (corpus, doc_id, h, len(chunks)))
+            self._insert_many(db, rows)
 
     def delete_docs(self, corpus: str, doc_ids: Iterable[str]) -> int:
         ids = list(doc_ids)

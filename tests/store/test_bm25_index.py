@@ -113,3 +113,14 @@ def test_empty_store_and_empty_texts(tmp_path: Path) -> None:
     s.write_documents([Document(id="a", content="", meta={}), Document(id="b", content="the of", meta={})])
     assert s.bm25_retrieval("anything") == []
     s.close()
+
+
+def test_batch_load_a_doc_listed_twice_keeps_the_last(tmp_path: Path) -> None:
+    s = SQLiteChunkStore(tmp_path / "b.sqlite", embedding_dim=4)
+    first = Document(id="x1", content="old quasar", meta={"doc_id": "x"})
+    second = Document(id="x2", content="new pulsar", meta={"doc_id": "x"})
+    s.replace_docs("c", [("x", "h1", [first]), ("y", "h", []), ("x", "h2", [second])])
+    assert [d.id for d in s.filter_documents()] == ["x2"]
+    assert s.doc_hashes("c") == {"x": "h2", "y": "h"}
+    assert s.bm25_retrieval("quasar") == [] and s.bm25_retrieval("pulsar")[0].id == "x2"
+    s.close()
