@@ -178,8 +178,18 @@ def _progress(enabled: bool) -> Any:
 
 @app.command()
 @handle_errors
-def ingest(overrides: Overrides = None, config_dir: ConfigDir = None, as_json: JsonFlag = False) -> None:
-    """Read the corpus sources, chunk, embed and write to the store (incremental and idempotent)."""
+def ingest(
+    overrides: Overrides = None,
+    config_dir: ConfigDir = None,
+    as_json: JsonFlag = False,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="Exit 1 when anything was quarantined or withdrawn, not only on errors.")
+    ] = False,
+) -> None:
+    """Read the corpus sources, chunk, embed and write to the store (incremental and idempotent).
+
+    Deleted sources are removed and documents whose new version is invalid are withdrawn before anything is
+    written; documents without access metadata are quarantined unless the corpus declares defaults."""
     svc = _service(config_dir, overrides)
     rag = svc.rag
     show = not as_json and sys.stderr.isatty()
@@ -192,18 +202,19 @@ def ingest(overrides: Overrides = None, config_dir: ConfigDir = None, as_json: J
             result = svc.ingest(progress=None if as_json else _plain_progress)
     finally:
         svc.close()
+    summary = result.summary
     data = result.to_dict()
     if as_json:
         _emit(data)
     else:
-        typer.echo(
-            f"ingested corpus '{rag.spec.corpus.name}': {data['added']} added, {data['updated']} updated, "
-            f"{data['deleted']} deleted, {data['unchanged']} unchanged, {data['duplicates']} duplicates; "
-            f"{data['chunks_written']} chunks in {data['seconds']:.1f}s"
-        )
+        typer.echo(summary.line(rag.spec.corpus.name))
         for err in data.get("errors") or []:
-            typer.secho(f"  skipped {err}", fg=typer.colors.YELLOW, err=True)
-    if data.get("errors"):
+            typer.secho(f"  rejected {err}", fg=typer.colors.YELLOW, err=True)
+        for item in data.get("quarantined") or []:
+            typer.secho(f"  quarantined {item}", fg=typer.colors.YELLOW, err=True)
+        for doc_id in data.get("withdrawn") or []:
+            typer.secho(f"  withdrawn {doc_id} (its new version was not indexed; the old one was removed)", err=True)
+    if data.get("errors") or (strict and (data.get("quarantined") or data.get("withdrawn"))):
         raise typer.Exit(1)
 
 
