@@ -582,7 +582,8 @@ class SQLiteChunkStore:
                 pos = cand
         if pos is None and mask is not None and n_ok * 4 < n:  # selective: score only the allowed rows
             pos = self._positions(snap, filters or {}, mask)
-        scores = matrix @ q if pos is None else matrix[pos] @ q
+        # einsum, not BLAS: a threaded gemv spins on a loaded machine (12 ms for 3k rows seen on 2 busy cores)
+        scores = np.einsum("ij,j->i", matrix if pos is None else matrix[pos], q)
         if mask is not None and pos is None:
             scores = np.where(mask, scores, -np.inf)
         top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
