@@ -29,8 +29,9 @@ class AnnOptions:
 
     - ``mode``: ``auto`` uses HNSW when usearch is installed and the store holds at least ``min_rows`` vectors;
       ``on`` requires usearch (a StoreError with the install hint otherwise); ``off`` is always exact.
-    - ``exact_below``: a filter allowing less than this fraction of the vectors is searched exactly over the
-      allowed rows (cheap when selective; a graph search would mostly visit forbidden rows).
+    - ``exact_below`` / ``exact_rows``: a filter allowing less than this fraction of the vectors, or at most this
+      many rows, is searched exactly over the allowed rows (cheap when selective: scoring 100k rows takes a few
+      ms, while the graph would need ~1/fraction times more candidates, mostly forbidden ones).
     - ``candidates``: the graph returns at least this many candidates (and ``oversample`` x ``top_k``), scaled
       up by 1/selectivity under a filter; they are re-scored exactly.
     """
@@ -38,6 +39,7 @@ class AnnOptions:
     mode: str = "auto"
     min_rows: int = 20_000
     exact_below: float = 0.05
+    exact_rows: int = 100_000
     candidates: int = 200
     oversample: float = 2.0
     dtype: str = "f16"
@@ -67,13 +69,27 @@ class AnnOptions:
             raise StoreError(f"store.ann.dtype must be one of f32, f16, i8, got {opts.dtype!r}")
         if not 0 <= float(opts.exact_below) <= 1:
             raise StoreError(f"store.ann.exact_below must be a fraction in [0, 1], got {opts.exact_below!r}")
-        for name in ("min_rows", "candidates", "connectivity", "expansion_add", "expansion_search", "threads"):
+        for name in (
+            "min_rows",
+            "exact_rows",
+            "candidates",
+            "connectivity",
+            "expansion_add",
+            "expansion_search",
+            "threads",
+        ):
             v = getattr(opts, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise StoreError(f"store.ann.{name} must be a non-negative integer, got {v!r}")
         if opts.mode == "on" and not usearch_available():
             raise StoreError("store.ann.mode=on needs usearch, which is not installed", hint=_HINT)
         return opts
+
+    def exact(self, n: int, n_allowed: int) -> bool:
+        """Whether a search over ``n`` vectors of which ``n_allowed`` pass the filter should be exact."""
+        return n < self.min_rows or (
+            n_allowed < n and (n_allowed <= self.exact_rows or n_allowed < self.exact_below * n)
+        )
 
     def want(self, top_k: int, n: int, n_allowed: int) -> int:
         """How many graph candidates to ask for ``top_k`` results when ``n_allowed`` of ``n`` rows pass."""

@@ -572,7 +572,7 @@ class SQLiteChunkStore:
         k = min(top_k, n_ok)
         if k == 0:
             return [], []
-        ann = self._ann_for(snap, matrix) if n_ok >= self.ann.exact_below * n else None
+        ann = None if self.ann.exact(n, n_ok) else self._ann_for(snap, matrix)
         pos: np.ndarray | None = None
         if ann is not None:  # outside the lock: usearch and numpy release the GIL
             cand = ann.search(q, self.ann.want(k, n, n_ok))

@@ -45,7 +45,9 @@ def path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def stores(path: Path) -> tuple[SQLiteChunkStore, SQLiteChunkStore]:
-    ann = SQLiteChunkStore(path, embedding_dim=DIM, ann={"mode": "on", "min_rows": 0, "candidates": 100})
+    ann = SQLiteChunkStore(
+        path, embedding_dim=DIM, ann={"mode": "on", "min_rows": 0, "exact_rows": 0, "candidates": 100}
+    )
     exact = SQLiteChunkStore(path, embedding_dim=DIM, ann={"mode": "off"})
     return ann, exact
 
@@ -127,3 +129,11 @@ def test_candidates_scale_with_selectivity() -> None:
     assert opts.want(100, 10_000, 10_000) == 200
     assert opts.want(10, 10_000, 1_000) == 1000
     assert opts.want(10, 500, 50) == 500
+
+
+def test_exact_rule() -> None:
+    opts = AnnOptions(min_rows=1000, exact_below=0.05, exact_rows=100)
+    assert opts.exact(999, 999)  # small store
+    assert not opts.exact(10_000, 10_000)  # no filter
+    assert opts.exact(10_000, 100) and opts.exact(10_000, 400)  # few rows / small fraction
+    assert not opts.exact(10_000, 600)
