@@ -391,7 +391,12 @@ class RagApp:
         from ragconf.ingest import ingest
 
         return ingest(
-            self.spec.corpus, self.store, self.embedder.embed, corpus_name=self.spec.corpus.name, progress=progress
+            self.spec.corpus,
+            self.store,
+            self.embedder.embed,
+            corpus_name=self.spec.corpus.name,
+            progress=progress,
+            source_of=self.loaded.source_of,
         )
 
     def close(self) -> None:

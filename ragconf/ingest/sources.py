@@ -51,6 +51,9 @@ class SourceDocument:
     format: str = "text"
     #: Where the document was read (a file path or `corpus.jsonl:LINE`), for messages.
     origin: str = ""
+    #: sha256 of the exact bytes the text and metadata were read from (files only): the indexing pipeline's
+    #: ``sources`` input reads the file again and refuses bytes that changed since (docs/ingest.md).
+    raw_sha256: str | None = None
 
     @property
     def content_hash(self) -> str:
@@ -135,9 +138,11 @@ def _front_matter(raw: str, where: str) -> tuple[str, dict[str, Any]]:
     return body[m.end() :], loaded
 
 
-def _read_utf8(path: Path) -> str:
+def _read_utf8(path: Path, data: bytes | None = None) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        if data is None:
+            return path.read_text(encoding="utf-8")
+        return data.decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")  # what read_text gives
     except UnicodeDecodeError as exc:
         raise IngestError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
 
@@ -147,8 +152,8 @@ def _title(meta: dict[str, Any]) -> str:
     return title.strip() if isinstance(title, str) else ("" if title is None else str(title))
 
 
-def _read_markdown(path: Path) -> tuple[str, str, dict[str, Any]]:
-    raw, meta = _front_matter(_read_utf8(path), str(path))
+def _read_markdown(path: Path, data: bytes | None = None) -> tuple[str, str, dict[str, Any]]:
+    raw, meta = _front_matter(_read_utf8(path, data), str(path))
     title = _title(meta)
     if not title:
         h = re.search(r"^#\s+(.+)$", raw, re.MULTILINE)
@@ -156,8 +161,8 @@ def _read_markdown(path: Path) -> tuple[str, str, dict[str, Any]]:
     return raw, title, meta
 
 
-def _read_text(path: Path) -> tuple[str, str, dict[str, Any]]:
-    raw, meta = _front_matter(_read_utf8(path), str(path))
+def _read_text(path: Path, data: bytes | None = None) -> tuple[str, str, dict[str, Any]]:
+    raw, meta = _front_matter(_read_utf8(path, data), str(path))
     title = _title(meta)
     if not title:
         first = raw.strip().split("\n", 1)[0].strip()
@@ -165,10 +170,10 @@ def _read_text(path: Path) -> tuple[str, str, dict[str, Any]]:
     return raw, title, meta
 
 
-def _read_html(path: Path) -> tuple[str, str, dict[str, Any]]:
+def _read_html(path: Path, data: bytes | None = None) -> tuple[str, str, dict[str, Any]]:
     from selectolax.lexbor import LexborHTMLParser
 
-    tree = LexborHTMLParser(_read_utf8(path))
+    tree = LexborHTMLParser(_read_utf8(path, data))
     meta: dict[str, Any] = {}
     # only the document's <head> carries metadata: a <meta> in the body is content anyone could have written
     head = tree.head
@@ -204,10 +209,12 @@ def _read_html(path: Path) -> tuple[str, str, dict[str, Any]]:
 _PDF_STANDARD_INFO = {"Title", "Author", "Subject", "Keywords", "Creator", "Producer", "CreationDate", "ModDate"}
 
 
-def _read_pdf(path: Path) -> tuple[str, str, dict[str, Any]]:
+def _read_pdf(path: Path, data: bytes | None = None) -> tuple[str, str, dict[str, Any]]:
+    import io
+
     from pypdf import PdfReader
 
-    reader = PdfReader(str(path))
+    reader = PdfReader(str(path) if data is None else io.BytesIO(data))
     pages = [(p.extract_text() or "") for p in reader.pages]
     info: Any = reader.metadata or {}
     meta: dict[str, Any] = {}
@@ -455,7 +462,8 @@ def iter_source(spec: Any, access: Any, errors: list[SourceError]) -> Iterator[S
             errors.append(SourceError(str(path), "a symbolic link: not followed (copy the file instead)", rel))
             continue
         try:
-            text, title, meta = reader(path)
+            data = path.read_bytes()  # one read: the text, the metadata and raw_sha256 come from these bytes
+            text, title, meta = reader(path, data)
             meta = _merge(meta, _sidecar(path))
         except IngestError as exc:
             errors.append(SourceError(str(path), exc.message.removeprefix(f"{path}: "), rel))
@@ -466,7 +474,8 @@ def iter_source(spec: Any, access: Any, errors: list[SourceError]) -> Iterator[S
         doc_meta = _document_meta(meta, access, str(path), errors, rel)
         if doc_meta is None:
             continue
-        yield SourceDocument(rel, normalize(text), title, str(path), doc_meta, fmt, str(path))
+        digest = hashlib.sha256(data).hexdigest()
+        yield SourceDocument(rel, normalize(text), title, str(path), doc_meta, fmt, str(path), digest)
 
 
 def _iter_beir(root: Path, access: Any, errors: list[SourceError]) -> Iterator[SourceDocument]:

@@ -18,8 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ragconf.errors import IngestError
-from ragconf.ingest.chunking import chunk_text
+from ragconf.errors import CompileError, IngestError
 from ragconf.ingest.sources import SourceDocument, SourceError, iter_source
 
 try:
@@ -72,36 +71,6 @@ class IngestSummary:
         )
 
 
-def _chunks(doc: SourceDocument, corpus_spec: Any, corpus: str, now: str, duplicate_ids: list[str]) -> list[Any]:
-    from haystack import Document
-
-    ch = corpus_spec.chunking
-    pieces = chunk_text(doc.text, ch.strategy, ch.size, ch.overlap)
-    out = []
-    for pos, piece in enumerate(pieces):
-        chunk_hash = hashlib.sha256(piece.text.encode()).hexdigest()
-        cid = hashlib.sha256(f"{corpus}\x00{doc.doc_id}\x00{pos}\x00{chunk_hash}".encode()).hexdigest()
-        meta = {
-            **doc.meta,
-            "doc_id": doc.doc_id,
-            "source": doc.source,
-            "title": doc.title,
-            "position": pos,
-            "chunks_total": len(pieces),
-            "content_hash": doc.content_hash,
-            "chunk_hash": chunk_hash,
-            "ingested_at": now,
-            "corpus": corpus,
-            "format": doc.format,
-        }
-        if piece.section:
-            meta["section"] = piece.section
-        if duplicate_ids:
-            meta["duplicate_ids"] = duplicate_ids
-        out.append(Document(id=cid, content=piece.text, meta=meta))
-    return out
-
-
 def ingest(
     corpus_spec: Any,
     store: Any,
@@ -110,10 +79,17 @@ def ingest(
     corpus_name: str | None = None,
     progress: Callable[[int, int], None] | None = None,
     batch_docs: int = 64,
+    source_of: Callable[[str], str] | None = None,
 ) -> IngestSummary:
-    """Sync the store with the corpus sources: revoke first (deleted and withdrawn documents), then write."""
+    """Sync the store with the corpus sources: revoke first (deleted and withdrawn documents), then run the
+    indexing pipeline (``corpus.indexing`` or the default) and write what passes the writer's access checks.
+
+    The pipeline is built (and warmed up) before anything is read: a configuration mistake changes nothing."""
+    from ragconf.ingest.pipeline import build_indexing
+
+    pipeline = build_indexing(corpus_spec, source_of=source_of)
     with _ingest_lock(store):
-        return _ingest(corpus_spec, store, embed_fn, corpus_name, progress, batch_docs)
+        return _ingest(corpus_spec, store, embed_fn, pipeline, corpus_name, progress, batch_docs)
 
 
 @contextlib.contextmanager
@@ -142,10 +118,14 @@ def _ingest(
     corpus_spec: Any,
     store: Any,
     embed_fn: Callable[[list[str]], Any],
+    pipeline: Any,
     corpus_name: str | None,
     progress: Callable[[int, int], None] | None,
     batch_docs: int,
 ) -> IngestSummary:
+    from ragconf.ingest.components import embedding_text
+    from ragconf.ingest.pipeline import finalize_chunks
+
     start = time.perf_counter()
     corpus = corpus_name or corpus_spec.name
     summary = IngestSummary()
@@ -198,7 +178,7 @@ def _ingest(
         summary.deleted = len(gone) - len(summary.withdrawn)
     todo = []
     for doc_id, doc in docs.items():
-        h = doc.content_hash
+        h = pipeline.doc_hash(doc.content_hash)  # the default pipeline: the content hash itself
         if dup_of.get(doc_id):
             h = hashlib.sha256((h + "|" + ",".join(sorted(dup_of[doc_id]))).encode()).hexdigest()
         old = stored.get(doc_id)
@@ -212,26 +192,41 @@ def _ingest(
         progress(0, total)
     for i in range(0, total, batch_docs):
         batch = todo[i : i + batch_docs]
+        produced, failed = pipeline.run([doc for doc, _, _ in batch])
         items = []
-        texts: list[str] = []
-        for doc, h, _ in batch:
-            chunks = _chunks(doc, corpus_spec, corpus, now, sorted(dup_of.get(doc.doc_id, [])))
-            for c in chunks:
-                c.meta["content_hash"] = h  # the chunk was just built here; nothing else holds it
+        written = []
+        rejected_now: list[str] = []
+        for doc, h, existed in batch:
+            reason = failed.get(doc.doc_id)
+            chunks: list[Any] = []
+            if reason is None:
+                try:
+                    chunks = finalize_chunks(
+                        doc,
+                        produced.get(doc.doc_id, []),
+                        corpus=corpus,
+                        now=now,
+                        doc_hash=h,
+                        duplicate_ids=sorted(dup_of.get(doc.doc_id, [])),
+                        access_spec=corpus_spec.access,
+                    )
+                except IngestError as exc:
+                    reason = exc.message
+            if reason is not None:  # rejected: never indexed, and an older version leaves the index
+                summary.errors.append(SourceError(doc.origin or doc.source, reason, doc.doc_id))
+                if existed:
+                    rejected_now.append(doc.doc_id)
+                continue
             items.append((doc.doc_id, h, chunks))
-            texts.extend((f"{c.meta['title']}\n" if c.meta.get("title") else "") + (c.content or "") for c in chunks)
-        t0 = time.perf_counter()
-        vectors = embed_fn(texts) if texts else []
-        summary.embed_seconds += time.perf_counter() - t0
-        k = 0
-        for j, (doc_id, h, chunks) in enumerate(items):
-            embedded = []
-            for c in chunks:
-                embedded.append(replace(c, embedding=[float(x) for x in vectors[k]]))
-                k += 1
-            items[j] = (doc_id, h, embedded)
-        store.replace_docs(corpus, items)  # one transaction per batch
-        for (_, _, existed), (_, _, chunks) in zip(batch, items, strict=True):
+            written.append(existed)
+        _embed(items, embed_fn, lambda c: embedding_text(c, pipeline.embed_title), summary)
+        _check_dimensions(items, store)
+        if rejected_now:
+            store.delete_docs(corpus, rejected_now)
+            summary.withdrawn = sorted([*summary.withdrawn, *rejected_now])
+        if items:
+            store.replace_docs(corpus, items)  # one transaction per batch
+        for existed, (_, _, chunks) in zip(written, items, strict=True):
             summary.chunks_written += len(chunks)
             if existed:
                 summary.updated += 1
@@ -241,3 +236,29 @@ def _ingest(
             progress(min(i + batch_docs, total), total)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _embed(items: list[Any], embed_fn: Callable[[list[str]], Any], text_of: Any, summary: Any) -> None:
+    """One embedder call per batch for the chunks the pipeline left without a vector (with ragconf_embedder or
+    no embedder at all: all of them), with the configured embedder, the model queries use."""
+    missing = [(j, k) for j, (_, _, chunks) in enumerate(items) for k, c in enumerate(chunks) if c.embedding is None]
+    if not missing:
+        return
+    t0 = time.perf_counter()
+    vectors = embed_fn([text_of(items[j][2][k]) for j, k in missing])
+    summary.embed_seconds += time.perf_counter() - t0
+    for (j, k), v in zip(missing, vectors, strict=True):
+        items[j][2][k] = replace(items[j][2][k], embedding=[float(x) for x in v])
+
+
+def _check_dimensions(items: list[Any], store: Any) -> None:
+    """Vectors of another size than the store's come from an embedder other than the query side's: stop."""
+    dim = getattr(store, "embedding_dim", None)
+    for _, _, chunks in items:
+        for c in chunks:
+            if dim is not None and len(c.embedding) != dim:
+                raise CompileError(
+                    f"the indexing pipeline made {len(c.embedding)}-d vectors, the store holds {dim}-d ones",
+                    key="corpus.indexing",
+                    hint="embed with ragconf_embedder (the configured embedder), or leave chunks without embeddings",
+                )

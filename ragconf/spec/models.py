@@ -20,6 +20,7 @@ __all__ = [
     "EvalSpec",
     "GeneratorSpec",
     "IdentitySpec",
+    "IndexingSpec",
     "PipelineSpec",
     "PolicySpec",
     "ProjectSpec",
@@ -123,6 +124,21 @@ class AccessMappingSpec(_Strict):
         return self
 
 
+class IndexingSpec(_Strict):
+    """The corpus's indexing pipeline (docs/ingest.md), declared like a query stage: components by registry alias
+    or allowed Haystack class path, params, connections, inputs and the output (chunks). ragconf reads the sources
+    and validates access metadata before it; its writer re-checks every chunk's access fields after it."""
+
+    name: str = "indexing"
+    components: dict[str, ComponentSpec] = Field(min_length=1)
+    connections: list[ConnectionSpec] = Field(default_factory=list)
+    #: `documents` / `sources` (every document) or `<format>_documents` / `<format>_sources` (format: markdown,
+    #: text, html, pdf, beir), each to a list of "component.socket".
+    inputs: dict[str, list[str]] = Field(min_length=1)
+    #: "component.socket" producing the chunks (a list of Documents) that ragconf's writer checks and stores.
+    output: str
+
+
 class CorpusSpec(_Strict):
     name: str
     #: Convenience root for single-source corpora (e.g. `corpus=beir corpus.path=DIR`).
@@ -130,6 +146,8 @@ class CorpusSpec(_Strict):
     sources: list[SourceSpec] = Field(min_length=1)
     access: AccessMappingSpec = Field(default_factory=AccessMappingSpec)
     chunking: ChunkingSpec = Field(default_factory=ChunkingSpec)
+    #: The indexing pipeline; null: ragconf's default (the `chunking` chunker, then the configured embedder).
+    indexing: IndexingSpec | None = None
 
 
 class SqliteStoreSpec(_Strict):
