@@ -115,6 +115,9 @@ def validate(overrides: Overrides = None, config_dir: ConfigDir = None, as_json:
     for name in rag.profiles:
         rag.generation(name)
     stages["generators"] = ", ".join(rag.profiles)
+    from ragconf.ingest.pipeline import build_indexing
+
+    indexing = build_indexing(rag.spec.corpus, source_of=rag.loaded.source_of)
     revision = rag.policy.bundle_revision
     users = rag.directory.ids()
     from ragconf.policy.consistency import check_configured
@@ -127,6 +130,7 @@ def validate(overrides: Overrides = None, config_dir: ConfigDir = None, as_json:
         "choices": rag.loaded.choices,
         "pipeline": rag.retrieval.name,
         "generators": list(rag.profiles),
+        "indexing": {"declared": indexing.declared, "components": list(indexing.spec.components)},
         "policy_revision": revision,
         "users": users,
     }
@@ -137,6 +141,8 @@ def validate(overrides: Overrides = None, config_dir: ConfigDir = None, as_json:
         typer.echo(f"  groups:    {', '.join(f'{k}={v}' for k, v in sorted(rag.loaded.choices.items()))}")
         typer.echo(f"  pipeline:  {rag.retrieval.name} ({len(rag.spec.pipeline.components)} components + access guard)")
         typer.echo(f"  profiles:  {stages['generators']}")
+        kind = "declared" if indexing.declared else "default"
+        typer.echo(f"  indexing:  {kind}: {' -> '.join(indexing.spec.components)} -> ragconf writer")
         typer.echo(f"  policies:  revision {revision[:12]}")
         typer.echo(f"  users:     {', '.join(users) or '(none)'}")
         _print_visibility(visibility, indent="  ")
@@ -305,9 +311,9 @@ def export(
 @handle_errors
 def components(as_json: JsonFlag = False) -> None:
     """List the component aliases YAML may use."""
-    from ragconf.registry import default_registry
+    from ragconf.ingest.pipeline import indexing_registry
 
-    entries = default_registry().entries()
+    entries = indexing_registry().entries()  # query aliases and the indexing ones (corpus.indexing)
     if as_json:  # each alias with its parameters (types, defaults) and sockets
         _emit([e.describe() for e in entries])
         return

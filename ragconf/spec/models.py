@@ -269,6 +269,10 @@ class TrackingSpec(_Strict):
     uri: str | None = None
     experiment: str = "ragconf"
     log_asks: bool = True
+    #: What MLflow traces capture: `ids` (document and decision ids, sizes, timings), `redacted` (plus the
+    #: question and answer with PII redacted) or `full` (plus the raw text, only when the output policy does not
+    #: require redaction for that request; otherwise redacted). docs/tracking.md
+    trace_content: Literal["ids", "redacted", "full"] = "ids"
 
 
 class EvalSpec(_Strict):
@@ -277,10 +281,15 @@ class EvalSpec(_Strict):
     split: str = "test"
     user: str | None = None
     answers: str | None = None
-    top_k: int = Field(100, gt=0)
+    #: null: the pipeline's own top_k (what users get). A number overrides the top_k of the pipeline's output
+    #: component for the evaluation (warned and tagged on the run).
+    top_k: int | None = Field(None, gt=0)
     max_queries: int | None = Field(None, gt=0)
     gates: list[str] = Field(default_factory=list)
     personas: list[str] = Field(default_factory=list)
+    #: Ground truth of what each persona must never see (JSONL: {"user", "doc_ids", "canaries"}), independent of
+    #: the policy; `leakage` counts retrieved/cited forbidden documents and canary strings in answers.
+    forbidden: str | None = None
 
 
 class ApiKeySpec(_Strict):
