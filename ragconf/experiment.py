@@ -10,7 +10,7 @@ from typing import Any
 
 from ragconf.errors import EvalError, SpecError
 
-__all__ = ["EvalResult", "run_eval"]
+__all__ = ["EvalResult", "preflight", "run_eval"]
 
 
 @dataclass
@@ -25,6 +25,7 @@ class EvalResult:
     run: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)
     qrels: dict[str, dict[str, int]] = field(default_factory=dict, repr=False)
     dataset: Path | None = None  # the evaluation set's folder (fingerprinted by the tracked run)
+    top_k_override: int | None = None  # eval.top_k, when it overrode the pipeline's output top_k
 
     @property
     def passed(self) -> bool:
@@ -106,14 +107,40 @@ def _leaks(rag: Any, principal: Any, docs: list[Any]) -> int:
     return sum(1 for d in docs if d.id not in allowed or not matches(filt, {"meta": d.meta, **d.meta}))
 
 
+def preflight(rag: Any) -> None:
+    """The mistakes to report before any work: no or malformed evaluation set or gates, an empty store."""
+    from ragconf.eval.gates import parse_gates
+
+    spec = rag.spec.eval
+    parse_gates(spec.gates)
+    _dataset(spec.path, spec.split)
+    if rag.store.count_documents() == 0:
+        where = rag.spec.store.model_dump().get("path") or rag.spec.store.type
+        raise EvalError(
+            f"the store at {where} is empty: nothing was ingested for this config",
+            hint="run `ragconf ingest` first, with the same overrides (corpus=..., store=...), then `ragconf eval`",
+        )
+
+
+def _is_text_embedder(span: dict[str, Any]) -> bool:
+    kind = str(span.get("attributes", {}).get("type") or "")
+    return span.get("name", "").startswith("component.") and kind.endswith("TextEmbedder")
+
+
+def _embeds(trace: list[dict[str, Any]] | None) -> int:
+    return sum(1 for s in trace or [] if _is_text_embedder(s))
+
+
 def run_eval(rag: Any, *, user: str | None = None, progress: Any = None) -> EvalResult:
     """Run the configured evaluation set through ``rag`` and check the gates (untracked; the service layer's
     ``RagService.evaluate`` tracks it)."""
+    from ragconf import spans
     from ragconf.eval.answer_metrics import citation_precision, reference_overlap
     from ragconf.eval.gates import check_gates, parse_gates
-    from ragconf.eval.metrics import evaluate_run
+    from ragconf.eval.metrics import METRICS, evaluate_run
 
     spec = rag.spec.eval
+    preflight(rag)
     gates = parse_gates(spec.gates)  # syntax errors before any work
     queries, qrels, root = _dataset(spec.path, spec.split)
     qids = [q for q in queries if q in qrels]
@@ -131,10 +158,13 @@ def run_eval(rag: Any, *, user: str | None = None, progress: Any = None) -> Eval
     overlap_f1: list[float] = []
     cite_prec: list[float] = []
     tokens: dict[str, int] = {"prompt_tokens": 0, "completion_tokens": 0}
+    embedding_calls = 0
     for i, qid in enumerate(qids):
         t0 = time.perf_counter()
-        docs, _, _ = rag.retrieve(queries[qid], principal, top_k=spec.top_k)
+        with spans.collect("eval.query", query_id=qid) as trace:
+            docs, _, _ = rag.retrieve(queries[qid], principal, top_k=spec.top_k)
         latencies.append((time.perf_counter() - t0) * 1000)
+        embedding_calls += _embeds(trace)
         scores: dict[str, float] = {}
         n = len(docs)
         for rank, d in enumerate(docs):
@@ -144,6 +174,7 @@ def run_eval(rag: Any, *, user: str | None = None, progress: Any = None) -> Eval
         run[qid] = scores
         if qid in references:
             ans = rag.ask(queries[qid], uid)
+            embedding_calls += _embeds(ans.trace)
             for k, v in ans.usage.items():
                 tokens[k] = tokens.get(k, 0) + v
             overlap_f1.append(reference_overlap(ans.answer, references[qid])["f1"])
@@ -152,16 +183,14 @@ def run_eval(rag: Any, *, user: str | None = None, progress: Any = None) -> Eval
             progress(i + 1, len(qids))
     visible_qrels = {q: {d: r for d, r in qrels[q].items() if d in visible} for q in qids}
     visible_qrels = {q: rels for q, rels in visible_qrels.items() if any(r > 0 for r in rels.values())}
+    # no visible judged query scores 0 on every metric (gates then fail on the value, not on a missing name)
     metrics = evaluate_run(visible_qrels, {q: run[q] for q in visible_qrels}) if visible_qrels else {}
-    metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+    metrics = {m: 0.0 for m in METRICS} | {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
     lat = sorted(latencies)
     metrics["p50_ms"] = lat[len(lat) // 2]
     metrics["p95_ms"] = lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))]
     metrics["queries"] = float(len(qids))
     metrics["judged_queries"] = float(len(visible_qrels))
-    metrics["embedding_calls"] = (
-        float(len(qids)) if any(c.type == "text_embedder" for c in rag.spec.pipeline.components.values()) else 0.0
-    )
     metrics.update({k: float(v) for k, v in tokens.items()})  # cost counters (0 for the extractive generator)
     if overlap_f1:
         metrics["answer_f1"] = sum(overlap_f1) / len(overlap_f1)
@@ -174,7 +203,9 @@ def run_eval(rag: Any, *, user: str | None = None, progress: Any = None) -> Eval
         answers = 0
         for qid in qids:
             ans = rag.ask(queries[qid], persona) if spec.personas else None
-            docs, _, _ = rag.retrieve(queries[qid], p, top_k=spec.top_k)
+            with spans.collect("eval.leakage", query_id=qid) as trace:
+                docs, _, _ = rag.retrieve(queries[qid], p, top_k=spec.top_k)
+            embedding_calls += _embeds(trace) + (_embeds(ans.trace) if ans is not None else 0)
             leaked += _leaks(rag, p, docs)
             if ans is not None:
                 answers += 1
@@ -184,8 +215,11 @@ def run_eval(rag: Any, *, user: str | None = None, progress: Any = None) -> Eval
         per_persona[persona] = {"leakage": float(leaked), "answers": float(answers)}
         total_leak += leaked
     metrics["leakage"] = float(total_leak)
+    # every query embedder run of this evaluation (metric queries, reference answers, persona checks), counted
+    # from the spans of the requests
+    metrics["embedding_calls"] = float(embedding_calls)
     results = check_gates(gates, metrics)
-    return EvalResult(metrics, results, per_persona, None, uid, len(qids), run, visible_qrels, root)
+    return EvalResult(metrics, results, per_persona, None, uid, len(qids), run, visible_qrels, root, spec.top_k)
 
 
 def _docs_by_id(rag: Any, ans: Any, cited: set[str]) -> list[Any]:

@@ -12,6 +12,7 @@ output policy applied before anything is handed out (PII redaction per sentence)
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sys
 import threading
@@ -182,6 +183,11 @@ class RagService:
     def tracking_config(self) -> dict[str, Any]:
         return dict(self.spec.tracking.model_dump(), workdir=str(self.rag.workdir))
 
+    def config_hash(self) -> str:
+        """The hash tagged on every run: of the resolved config with paths under the built-in root, the config
+        dir and the current dir written relative to them, so another clone of the same commit reproduces it."""
+        return portable_hash(self.rag.loaded.data, self.rag.config_dir)
+
     def _start(self, kind: str, **kw: Any) -> Any:
         """A tracked run of ``kind`` with the config (secrets masked) and its overrides."""
         loaded = self.rag.loaded
@@ -189,7 +195,7 @@ class RagService:
             kind,
             config=mask_secrets(loaded.data),
             overrides=[_mask_override(o) for o in loaded.overrides],
-            config_hash=loaded.hash,
+            config_hash=self.config_hash(),
             **kw,
         )
 
@@ -329,7 +335,8 @@ class RagService:
         return IngestResult(summary, str(run_id) if run_id else None)
 
     def start_sweep(self, overrides: list[str]) -> Any:
-        """The parent run of a sweep (``eval -m``); pass its ``run_id`` to :meth:`evaluate`."""
+        """The parent run of a sweep (``eval -m``); pass its ``run_id`` to :meth:`evaluate` and close it with
+        ``close("FAILED")`` when a child failed (``close()`` = FINISHED)."""
         return self.tracker.start_parent("sweep", overrides=[_mask_override(o) for o in overrides])
 
     def evaluate(
@@ -341,15 +348,31 @@ class RagService:
     ) -> Any:
         """The configured evaluation set through the pipeline, tracked as an ``eval`` run (with the dataset
         fingerprint and ``eval.json``). Returns an :class:`ragconf.experiment.EvalResult`."""
-        from ragconf.experiment import run_eval
+        from ragconf.experiment import preflight, run_eval
 
+        preflight(self.rag)  # user mistakes (no eval set, empty store) fail at once, before mlflow is touched
         tracker = self.tracker  # opens the tracking store in the background while the evaluation runs
-        result = run_eval(self.rag, user=user, progress=progress)
         if parent_run_id is not None:
             tracker.parent_run_id = parent_run_id
+        try:
+            result = run_eval(self.rag, user=user, progress=progress)
+        except BaseException as exc:
+            if parent_run_id is not None:  # a sweep shows the child that failed, and why
+                with contextlib.suppress(BaseException), self._start("eval") as run:
+                    run.set_tags({"ragconf.source": self.source, "ragconf.error": str(exc)[:500]})
+                    raise exc
+            raise
+        if result.top_k_override is not None:
+            self._warn(
+                f"eval.top_k={result.top_k_override} overrides the top_k of the pipeline's output component "
+                "(set eval.top_k=null to evaluate what users get)"
+            )
         with self._start("eval") as run:
             run.log_metrics(result.metrics)
             run.set_tags({"ragconf.user": result.user, "ragconf.source": self.source})
+            run.set_tags({"ragconf.gates": "passed" if result.passed else "failed"})
+            if result.top_k_override is not None:
+                run.set_tags({"eval.top_k_override": result.top_k_override})
             root = result.dataset
             if root is not None:
                 run.log_dataset_fingerprint(root.name, sorted(p for p in root.rglob("*") if p.is_file()))
@@ -385,7 +408,7 @@ class RagService:
             except SpecError as exc:
                 errors.append(str(exc).splitlines()[0])
                 continue
-            if attempt.hash == want:
+            if want in (portable_hash(attempt.data, candidate), attempt.hash):
                 loaded, config_dir = attempt, candidate
                 break
             errors.append(
@@ -439,6 +462,15 @@ class RagService:
 
     def close(self) -> None:
         self.rag.close()
+
+
+def portable_hash(data: dict[str, Any], config_dir: str | Path | None) -> str:
+    """:func:`ragconf.tracking.portable_config_hash` with ragconf's roots (built-in files, config dir, cwd)."""
+    from ragconf.spec.loader import BUILTIN_ROOT
+    from ragconf.tracking.mlflow_tracker import portable_config_hash
+
+    roots = {"${rc_root:}": BUILTIN_ROOT, "${rc_config_dir:}": config_dir, "${cwd:}": Path.cwd()}
+    return portable_config_hash(data, roots)
 
 
 def _mask_override(item: str) -> str:

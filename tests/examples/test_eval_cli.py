@@ -56,14 +56,18 @@ def test_scifact_slice_quality_gate_and_ir_measures_agreement(scifact_dir: Path,
     from ragconf.experiment import run_eval
     from ragconf.runtime import RagApp
 
-    proc = run_cli("eval", *BEIR, 'eval.gates=["ndcg@10 >= 0.6", "recall@100 >= 0.85"]', "--json", cwd=scifact_dir)
+    # recall@100 needs 100 results: eval.top_k overrides the pipeline's output top_k (10), and says so
+    top100 = [*BEIR, "eval.top_k=100"]
+    proc = run_cli("eval", *top100, 'eval.gates=["ndcg@10 >= 0.6", "recall@100 >= 0.85"]', "--json", cwd=scifact_dir)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "eval.top_k=100 overrides" in proc.stderr
     out = json.loads(proc.stdout)
     assert set(out["metrics"]) >= {"ndcg@10", "recall@10", "recall@100", "mrr@10", "map", "p50_ms", "p95_ms"}
-    assert out["metrics"]["embedding_calls"] == out["queries"] == 40
+    # counted: one query embedding per metric query and per leakage re-check
+    assert out["metrics"]["embedding_calls"] == 2 * out["queries"] == 80
 
     monkeypatch.chdir(scifact_dir)
-    rag = RagApp.from_overrides(BEIR)
+    rag = RagApp.from_overrides(top100)
     try:
         result = run_eval(rag)
     finally:
