@@ -373,6 +373,7 @@ def eval_cmd(
     combos = expand_sweep(list(overrides or [])) if multirun else [list(overrides or [])]
     results = []
     parent = None
+    sweep_status = "FAILED"  # a child that raises fails the sweep's parent run
     if multirun and len(combos) > 1:
         parent = _service(config_dir, combos[0]).start_sweep(list(overrides or []))
     try:
@@ -387,9 +388,10 @@ def eval_cmd(
             finally:
                 svc.close()
             results.append((combo, result))
+        sweep_status = "FINISHED"
     finally:
         if parent is not None:
-            parent.close()
+            parent.close(sweep_status)
     failed = [r for _, r in results if not r.passed]
     if as_json:
         out = [dict(r.to_dict(), overrides=c) for c, r in results]
