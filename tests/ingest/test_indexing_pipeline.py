@@ -394,3 +394,27 @@ def test_cli_error_names_the_corpus_file_and_changes_nothing(labeled: Path, tmp_
     assert "corpus.indexing.components.clean.params.remove_empty_line" in out
     assert str(conf / "corpus" / "kb.yaml") in out and "remove_empty_lines" in out
     assert "Traceback" not in out
+
+
+def test_language_tagger_on_a_few_languages() -> None:
+    from ragconf.components.enrichers import detect_language
+
+    samples = {
+        "en": "The server is restarted every night and the data are copied to the backup if it is not too late.",
+        "de": "Der Server wird jeden Abend neu gestartet, und die Daten werden auf das Backup kopiert.",
+        "fr": "Le serveur est redémarré chaque soir et les données sont copiées sur la sauvegarde avec le script.",
+        "es": "El servidor se reinicia cada noche y los datos se copian en la copia de seguridad para el equipo.",
+        "nl": "De server wordt elke avond opnieuw gestart en de gegevens worden naar de back-up gekopieerd.",
+    }
+    assert {lang: detect_language(text)[0] for lang, text in samples.items()} == {k: k for k in samples}
+    assert detect_language("4111 1111 1111 1111")[0] == "und"
+    assert detect_language(samples["de"], ["en", "fr"])[0] in ("und", "en", "fr")
+
+
+def test_shipped_files_pii_config_builds(labeled: Path) -> None:
+    from ragconf.spec.loader import load_config
+
+    loaded = load_config(None, ["corpus=files_pii", f"corpus.path={labeled}"])
+    pipe = build_indexing(loaded.spec.corpus, source_of=loaded.source_of, warm_up=False)
+    assert pipe.declared and pipe.routes["pdf"] == ("pdf_sources", "sources")
+    assert pipe.routes["markdown"] == ("documents", "documents") and pipe.fingerprint
