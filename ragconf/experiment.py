@@ -26,6 +26,11 @@ class EvalResult:
     qrels: dict[str, dict[str, int]] = field(default_factory=dict, repr=False)
     dataset: Path | None = None  # the evaluation set's folder (fingerprinted by the tracked run)
     top_k_override: int | None = None  # eval.top_k, when it overrode the pipeline's output top_k
+    # per evaluated query: its request spans, its text and the ids of the chunks retrieved (visible to the user)
+    traces: dict[str, list[dict[str, Any]]] = field(default_factory=dict, repr=False)
+    query_texts: dict[str, str] = field(default_factory=dict, repr=False)
+    retrieved: dict[str, list[str]] = field(default_factory=dict, repr=False)
+    latency_ms: dict[str, float] = field(default_factory=dict, repr=False)
 
     @property
     def passed(self) -> bool:
@@ -159,12 +164,17 @@ def run_eval(rag: Any, *, user: str | None = None, progress: Any = None) -> Eval
     cite_prec: list[float] = []
     tokens: dict[str, int] = {"prompt_tokens": 0, "completion_tokens": 0}
     embedding_calls = 0
+    traces: dict[str, list[dict[str, Any]]] = {}
+    latency_ms: dict[str, float] = {}
+    retrieved: dict[str, list[str]] = {}
     for i, qid in enumerate(qids):
         t0 = time.perf_counter()
         with spans.collect("eval.query", query_id=qid) as trace:
             docs, _, _ = rag.retrieve(queries[qid], principal, top_k=spec.top_k)
         latencies.append((time.perf_counter() - t0) * 1000)
         embedding_calls += _embeds(trace)
+        traces[qid], latency_ms[qid] = trace, latencies[-1]
+        retrieved[qid] = [str(d.id) for d in docs]
         scores: dict[str, float] = {}
         n = len(docs)
         for rank, d in enumerate(docs):
@@ -219,7 +229,22 @@ def run_eval(rag: Any, *, user: str | None = None, progress: Any = None) -> Eval
     # from the spans of the requests
     metrics["embedding_calls"] = float(embedding_calls)
     results = check_gates(gates, metrics)
-    return EvalResult(metrics, results, per_persona, None, uid, len(qids), run, visible_qrels, root, spec.top_k)
+    return EvalResult(
+        metrics,
+        results,
+        per_persona,
+        None,
+        uid,
+        len(qids),
+        run,
+        visible_qrels,
+        root,
+        spec.top_k,
+        traces,
+        {q: queries[q] for q in qids},
+        retrieved,
+        latency_ms,
+    )
 
 
 def _docs_by_id(rag: Any, ans: Any, cited: set[str]) -> list[Any]:

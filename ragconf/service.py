@@ -281,7 +281,15 @@ class RagService:
             run.log_metrics(dict(answer.timings_ms))
             run.log_metrics({f"usage.{k}": v for k, v in answer.usage.items()})
             if answer.trace:
-                run.log_trace("ask", answer.trace)
+                inputs, outputs = self.trace_content(
+                    answer.question,
+                    answer.redact_logs,
+                    answer=answer.answer,
+                    document_ids=[d["chunk_id"] for d in answer.documents],
+                    citations=[c["chunk_id"] for c in answer.citations],
+                    user=answer.user,
+                )
+                run.log_trace("ask", answer.trace, inputs=inputs, outputs=outputs)
             run.log_dict(
                 {
                     "question": self._loggable(answer.question, answer.redact_logs),
@@ -294,6 +302,34 @@ class RagService:
             )
         except Exception as exc:  # tracking never loses the answer
             self._warn(f"tracking failed: {exc}")
+
+    def trace_content(
+        self,
+        question: str,
+        redact_logs: bool,
+        *,
+        answer: str | None = None,
+        document_ids: list[str] | None = None,
+        citations: list[str] | None = None,
+        user: str | None = None,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Root-span inputs and outputs of a request's trace per ``tracking.trace_content``: ``ids`` (default:
+        user, question length, document / citation ids), ``redacted`` (plus question and answer with PII
+        redacted), ``full`` (plus the raw text, when the output policy did not require redaction for this
+        request; otherwise redacted, and ``content`` says so)."""
+        mode = self.spec.tracking.trace_content
+        inputs: dict[str, Any] = {"user": user, "question_chars": len(question)}
+        outputs: dict[str, Any] = {"document_ids": list(document_ids or [])}
+        if citations is not None:
+            outputs["citations"] = list(citations)
+        if mode == "ids":
+            return inputs, outputs
+        redact = mode == "redacted" or redact_logs
+        inputs["content"] = outputs["content"] = "redacted" if redact else "full"
+        inputs["question"] = self._loggable(question, True) if redact else question
+        if answer is not None:
+            outputs["answer"] = self._loggable(answer, True) if redact else answer
+        return inputs, outputs
 
     @staticmethod
     def _loggable(text: str, redact_logs: bool) -> str:
@@ -318,7 +354,8 @@ class RagService:
             run.set_tags({f"decision.{k}": v for k, v in ids.items()})
             run.set_tags({"ragconf.user": principal.id, "ragconf.source": self.source})
             run.log_metrics(timings)
-            run.log_trace("retrieve", trace)
+            inputs, outputs = self.trace_content(question, False, document_ids=[d.id for d in docs], user=principal.id)
+            run.log_trace("retrieve", trace, inputs=inputs, outputs=outputs)
             run.log_dict({"user": principal.id, "documents": [d.id for d in docs]}, "retrieve.json")
         run_id = str(run.run_id) if run.run_id else None
         return Retrieval(question, principal.id, [_doc_record(d) for d in docs], ids, timings, run_id)
@@ -378,8 +415,26 @@ class RagService:
                 run.log_dataset_fingerprint(root.name, sorted(p for p in root.rglob("*") if p.is_file()))
             self.log_manifest(run)
             run.log_dict(result.to_dict(), "eval.json")
+            run.log_query_traces(self._query_traces(result))
             result.run_id = str(run.run_id) if run.run_id else None
         return result
+
+    def _query_traces(self, result: Any) -> list[dict[str, Any]]:
+        """One trace per evaluated query: its spans, tagged with the query id, content per trace_content."""
+        out = []
+        for qid, spans_ in result.traces.items():
+            text = result.query_texts.get(qid, "")
+            inputs, outputs = self.trace_content(text, False, document_ids=result.retrieved.get(qid, []))
+            inputs.pop("user", None)
+            out.append(
+                {
+                    "spans": spans_,
+                    "tags": {"ragconf.query_id": str(qid), "ragconf.user": result.user},
+                    "inputs": {"query_id": qid, **inputs},
+                    "outputs": outputs,
+                }
+            )
+        return out
 
     def reproduce(self, run_id: str) -> dict[str, Any]:
         """Re-run a tracked eval run with its exact logged config and compare the retrieval metrics exactly.
@@ -443,7 +498,12 @@ class RagService:
             tags={"feedback.rating": rating, "feedback.comment": text[:500]},
             artifacts={"feedback.json": {"rating": rating, "comment": text, "user": user}},
         )
-        return {"run_id": run_id, "mlflow_run_id": mlflow_id, "recorded": True}
+        out: dict[str, Any] = {"run_id": run_id, "mlflow_run_id": mlflow_id, "recorded": True}
+        trace_id = tags.get("ragconf.trace_id")
+        if trace_id:  # the rating as an MLflow assessment on the ask's trace (Traces tab)
+            out["trace_id"] = trace_id
+            out["assessment_id"] = self.tracker.log_feedback(trace_id, rating=rating, comment=text, user=user)
+        return out
 
     def reload_policies(self) -> dict[str, Any]:
         """Load the policy bundle again and swap it in atomically. A bundle that does not load raises and

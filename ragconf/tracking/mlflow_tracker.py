@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ragconf.errors import TrackingError
 
@@ -187,10 +187,14 @@ class NullTracker:
 class RunHandle:
     """An MLflow run; every method warns instead of raising."""
 
-    def __init__(self, tracker: Tracker, client: Any, run_id: str, *, batch: bool = False) -> None:
+    def __init__(
+        self, tracker: Tracker, client: Any, run_id: str, *, batch: bool = False, kind: str = "", run_key: str = ""
+    ) -> None:
         self._tracker = tracker
         self._client = client
         self.run_id: str | None = run_id
+        self.kind = kind
+        self.run_key = run_key or run_id
         # batch=True: tags, params and metrics are buffered and written in as few log_batch calls as MLflow
         # allows when the run closes (background runs: ~7 store transactions per ask run become 1-2)
         self._batch: dict[str, list[Any]] | None = {"metrics": [], "params": [], "tags": []} if batch else None
@@ -277,10 +281,36 @@ class RunHandle:
         self.set_tags({f"dataset.{name}.sha256": digest})
         return digest
 
-    def log_trace(self, name: str, spans: list[dict[str, Any]]) -> None:
-        """Per-component spans as a trace.json artifact plus latency metrics."""
+    def log_trace(
+        self, name: str, spans: list[dict[str, Any]], *, inputs: Any = None, outputs: Any = None
+    ) -> str | None:
+        """The request's spans as a native MLflow trace linked to this run (tag ``ragconf.trace_id``), plus a
+        trace.json artifact and one latency metric per span. ``inputs``/``outputs`` go on the root span (the
+        caller applies the ``tracking.trace_content`` setting). Returns the trace id."""
         self.log_dict({"name": name, "spans": spans}, "trace.json")
         self.log_metrics({f"latency.{s['name']}_ms": (s["end_ns"] - s["start_ns"]) / 1e6 for s in spans})
+        trace_id = self._safe("logging a trace", self._native_trace, spans, inputs, outputs, {})
+        if trace_id:
+            self.set_tags({"ragconf.trace_id": trace_id})
+        return cast(str | None, trace_id)
+
+    def log_query_traces(self, traces: list[dict[str, Any]]) -> int:
+        """One MLflow trace per evaluated query (``{"spans", "tags", "inputs", "outputs"}``), linked to this
+        run. Returns how many were written."""
+        written = 0
+        for t in traces:
+            tid = self._safe(
+                "logging a trace", self._native_trace, t["spans"], t.get("inputs"), t.get("outputs"), t.get("tags")
+            )
+            written += tid is not None
+        return written
+
+    def _native_trace(self, spans: list[dict[str, Any]], inputs: Any, outputs: Any, tags: Any) -> str | None:
+        from ragconf.tracking.traces import log_trace
+
+        exp_id = self._tracker._experiment_id(self._client)
+        all_tags = {"ragconf.kind": self.kind, "ragconf.run_key": str(self.run_key), **(tags or {})}
+        return log_trace(self._tracker.uri, exp_id, self.run_id, spans, tags=all_tags, inputs=inputs, outputs=outputs)
 
     def close(self, status: str = "FINISHED") -> None:
         self.flush_batch()
@@ -426,6 +456,9 @@ class Tracker:
             import logging
 
             os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+            # traces are written by ragconf's own writer (thread / spool process) with their recorded times: no
+            # second asynchronous queue inside MLflow that an exiting process could drop
+            os.environ.setdefault("MLFLOW_ENABLE_ASYNC_TRACE_LOGGING", "false")
             for name in ("alembic", "mlflow", "mlflow.store.db.utils"):
                 logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -516,7 +549,9 @@ class Tracker:
             if parent_run_id:
                 all_tags["mlflow.parentRunId"] = parent_run_id
             run = client.create_run(exp_id, tags=all_tags, run_name=run_name or f"{kind}-{time.strftime('%H%M%S')}")
-            return RunHandle(self, client, run.info.run_id, batch=batch)
+            return RunHandle(
+                self, client, run.info.run_id, batch=batch, kind=kind, run_key=tags.get("ragconf.run_key", "")
+            )
         except Exception as exc:
             self._dead = True
             self.warn(f"cannot start a run at {self.uri}: {exc}")
@@ -629,6 +664,13 @@ class Tracker:
             handle.log_dict(data, name)
         return str(run.info.run_id)
 
+    def log_feedback(self, trace_id: str, *, rating: int, comment: str, user: str) -> str:
+        """A rating as an MLflow assessment on a trace (see :func:`ragconf.tracking.traces.log_feedback`)."""
+        from ragconf.tracking.traces import log_feedback
+
+        self.client()
+        return log_feedback(self.uri, trace_id, rating=rating, comment=comment, user=user)
+
     def run_tags(self, run_id: str) -> dict[str, str]:
         """The tags of a run (MLflow run id or ragconf run key); TrackingError for an unknown run."""
         flush()
@@ -694,8 +736,15 @@ class DeferredRun:
         self._record("log_dataset_fingerprint", name, list(files))
         return ""
 
-    def log_trace(self, name: str, spans: list[dict[str, Any]]) -> None:
-        self._record("log_trace", name, copy.deepcopy(spans))
+    def log_trace(
+        self, name: str, spans: list[dict[str, Any]], *, inputs: Any = None, outputs: Any = None
+    ) -> str | None:
+        self._record("log_trace", name, copy.deepcopy(spans), inputs=inputs, outputs=outputs)
+        return None
+
+    def log_query_traces(self, traces: list[dict[str, Any]]) -> int:
+        self._record("log_query_traces", copy.deepcopy(traces))
+        return 0
 
     def close(self) -> None:
         return None
