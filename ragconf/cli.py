@@ -575,24 +575,28 @@ def runs_list(
     config_dir: ConfigDir = None,
     as_json: JsonFlag = False,
     limit: Annotated[int, typer.Option("--limit", "-n")] = 20,
+    pipeline: Annotated[str | None, typer.Option("--pipeline", help="Only runs of this pipeline name.")] = None,
+    kind: Annotated[str | None, typer.Option("--kind", help="ask, retrieve, ingest, eval or sweep.")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="30m, 2h, 7d or a date (2026-11-25).")] = None,
 ) -> None:
-    """Recent runs of the configured experiment."""
+    """Recent runs of every pipeline in the tracking store (filter with --pipeline, --kind, --since)."""
     from ragconf.tracking import list_runs
 
     rag = _app(config_dir, overrides)
-    rows = list_runs(_tracking_cfg(rag), max_results=limit)
+    rows = list_runs(_tracking_cfg(rag), max_results=limit, pipeline=pipeline, kind=kind, since=since)
     if as_json:
         _emit(rows)
         return
     if not rows:
-        typer.echo("no runs yet in this experiment (ingest, ask and eval log runs when tracking is on)", err=True)
+        typer.echo("no runs match (ingest, ask and eval log runs when tracking is on)", err=True)
     key_metrics = ("ndcg_10", "recall_100", "mrr_10", "leakage", "p95_ms", "total_ms", "chunks_total")
     for r in rows:
         m = r.get("metrics") or {}
         shown = [k for k in key_metrics if k in m] or sorted(m)[:4]
         metrics = ", ".join(f"{k}={m[k]:.4g}" for k in shown[:4])
         child = f"  (child of {r['parent_run_id'][:8]})" if r.get("parent_run_id") else ""
-        typer.echo(f"{r['run_id']}  {r.get('kind', ''):7} {r.get('start_time', '')}  {metrics}{child}")
+        where = f"{r.get('pipeline') or '-':12}"
+        typer.echo(f"{r['run_id']}  {r.get('kind', ''):7} {where} {r.get('start_time', '')}  {metrics}{child}")
 
 
 @runs_app.command("compare")

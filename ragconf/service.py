@@ -16,7 +16,7 @@ import contextlib
 import re
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
@@ -177,7 +177,11 @@ class RagService:
                 if self._tracker is None:
                     from ragconf.tracking import make_tracker
 
-                    self._tracker = make_tracker(self.spec.tracking.model_dump(), workdir=self.rag.workdir)
+                    self._tracker = make_tracker(
+                        self.spec.tracking.model_dump(),
+                        workdir=self.rag.workdir,
+                        spool=self.source == "cli",  # a CLI process spools ask runs and exits at once
+                    )
         return self._tracker
 
     def tracking_config(self) -> dict[str, Any]:
@@ -188,16 +192,35 @@ class RagService:
         dir and the current dir written relative to them, so another clone of the same commit reproduces it."""
         return portable_hash(self.rag.loaded.data, self.rag.config_dir)
 
-    def _start(self, kind: str, **kw: Any) -> Any:
-        """A tracked run of ``kind`` with the config (secrets masked) and its overrides."""
+    @contextlib.contextmanager
+    def _start(self, kind: str, **kw: Any) -> Iterator[Any]:
+        """A tracked run of ``kind`` with the config (secrets masked), its overrides and the tags runs are
+        filtered by in one project experiment (``ragconf.pipeline/corpus/generator``, ``policy.revision``)."""
         loaded = self.rag.loaded
-        return self.tracker.start_run(
+        with self.tracker.start_run(
             kind,
             config=mask_secrets(loaded.data),
             overrides=[_mask_override(o) for o in loaded.overrides],
             config_hash=self.config_hash(),
             **kw,
-        )
+        ) as run:
+            try:
+                yield run
+            finally:  # after the work: the policy revision it used is known by then
+                run.set_tags(self.run_tags())
+
+    def run_tags(self) -> dict[str, str]:
+        spec = self.spec
+        tags = {
+            "ragconf.pipeline": spec.pipeline.name,
+            "ragconf.corpus": spec.corpus.name,
+            "ragconf.generator": spec.generator.name,
+            "ragconf.project": spec.project.name,
+        }
+        policy = self.rag._parts.get("governed")  # the revision when policies are loaded (no load just for a tag)
+        if policy is not None:
+            tags["policy.revision"] = policy.policy.bundle_revision
+        return tags
 
     def log_manifest(self, run: Any) -> None:
         """Model, index and policy fingerprints plus the Haystack pipeline YAML."""
@@ -363,6 +386,8 @@ class RagService:
     def ingest(self, progress: Callable[[int, int], None] | None = None) -> IngestResult:
         """Incremental ingest of the configured corpus, tracked as an ``ingest`` run (one ingest at a time
         per service)."""
+        if getattr(self.tracker, "spool", False):
+            self.tracker.warm_up()  # mlflow's import overlaps the ingest
         with self._ingest_lock, self._start("ingest") as run:
             summary = self.rag.ingest(progress=progress)
             self.log_manifest(run)
@@ -388,7 +413,9 @@ class RagService:
         from ragconf.experiment import preflight, run_eval
 
         preflight(self.rag)  # user mistakes (no eval set, empty store) fail at once, before mlflow is touched
-        tracker = self.tracker  # opens the tracking store in the background while the evaluation runs
+        tracker = self.tracker
+        if getattr(tracker, "spool", False):
+            tracker.warm_up()  # opens the tracking store in the background while the evaluation runs
         if parent_run_id is not None:
             tracker.parent_run_id = parent_run_id
         try:

@@ -44,11 +44,14 @@ __all__ = [
 ]
 
 
-def make_tracker(cfg: Mapping[str, Any], *, workdir: Path) -> Tracker | NullTracker:
+def make_tracker(cfg: Mapping[str, Any], *, workdir: Path, spool: bool = False) -> Tracker | NullTracker:
     """The tracker the `tracking` config asks for (a NullTracker when disabled). The store is opened in the
-    background right away, so a run started after some work (an eval) rarely waits for mlflow's import."""
+    background right away, so a run started after some work (an eval) rarely waits for mlflow's import.
+    ``spool=True`` (the CLI): ask/retrieve runs are spooled to files for a writer process and mlflow is not
+    imported in this process until a foreground run (eval, ingest) needs it (:meth:`Tracker.warm_up`)."""
     if not cfg.get("enabled", True):
         return NullTracker()
-    tracker = Tracker(cfg, workdir=Path(workdir))
-    tracker.warm_up()  # import mlflow / open the store while the caller works
+    tracker = Tracker(cfg, workdir=Path(workdir), spool=spool)
+    if not spool:
+        tracker.warm_up()  # import mlflow / open the store while the caller works
     return tracker

@@ -31,10 +31,12 @@ __all__ = [
     "Tracker",
     "flatten",
     "flush",
+    "flush_spool",
     "portable_config",
     "portable_config_hash",
     "repair_sqlite_store",
     "sha256_files",
+    "write_job",
 ]
 
 BACKGROUND_KINDS = frozenset({"ask", "retrieve"})
@@ -390,7 +392,10 @@ def _value(v: Any) -> str:
 class Tracker:
     """Logs runs to MLflow: `tracking.uri`, or a SQLite store in the working dir (no server)."""
 
-    def __init__(self, cfg: Mapping[str, Any], *, workdir: Path) -> None:
+    def __init__(self, cfg: Mapping[str, Any], *, workdir: Path, spool: bool = False) -> None:
+        #: spool=True (the CLI): background runs go to <workdir>/spool/ for a writer process (ragconf.tracking.spool)
+        self.spool = spool
+        self.cfg = {"uri": cfg.get("uri"), "experiment": cfg.get("experiment")}
         self.workdir = Path(workdir).resolve()
         self.uri = cfg.get("uri") or f"sqlite:///{self.workdir / 'mlflow.db'}"
         self.artifacts = (self.workdir / "mlartifacts").as_uri()
@@ -620,12 +625,13 @@ class Tracker:
         if background if background is not None else kind in BACKGROUND_KINDS:
             deferred = DeferredRun()
             cfg = copy.deepcopy(dict(config))
+            submit = _spool if self.spool else _submit
             try:
                 yield deferred
             except BaseException:
-                _submit(self, kind, cfg, list(overrides), run_name, deferred, "FAILED", config_hash)
+                submit(self, kind, cfg, list(overrides), run_name, deferred, "FAILED", config_hash)
                 raise
-            _submit(self, kind, cfg, list(overrides), run_name, deferred, "FINISHED", config_hash)
+            submit(self, kind, cfg, list(overrides), run_name, deferred, "FINISHED", config_hash)
             return
         handle = self._open(kind, config, list(overrides), run_name, {}, self.parent_run_id, config_hash)
         if handle is None:
@@ -653,6 +659,7 @@ class Tracker:
         """Add metrics, tags and JSON artifacts to an existing run (MLflow run id or ragconf run key; pending
         background runs are written first). Returns the MLflow run id; TrackingError for an unknown run."""
         flush()
+        flush_spool(self)
         client = self.client()
         run = _require(client, run_id)
         handle = RunHandle(self, client, run.info.run_id)
@@ -674,6 +681,7 @@ class Tracker:
     def run_tags(self, run_id: str) -> dict[str, str]:
         """The tags of a run (MLflow run id or ragconf run key); TrackingError for an unknown run."""
         flush()
+        flush_spool(self)
         return dict(_require(self.client(), run_id).data.tags)
 
 
@@ -778,20 +786,83 @@ def _submit(
     _QUEUE.put((tracker, kind, config, overrides, run_name, tracker.parent_run_id, run, status, config_digest))
 
 
+def _spool(
+    tracker: Tracker,
+    kind: str,
+    config: dict[str, Any],
+    overrides: list[str],
+    run_name: str | None,
+    run: DeferredRun,
+    status: str,
+    config_digest: str | None = None,
+) -> None:
+    """The CLI's way: the run as a 0600 file in <workdir>/spool/ and a detached writer process to log it."""
+    from ragconf.tracking.spool import spool_run, start_writer
+
+    job = {
+        "tracking": tracker.cfg,
+        "workdir": str(tracker.workdir),
+        "kind": kind,
+        "config": config,
+        "overrides": overrides,
+        "run_name": run_name,
+        "parent": tracker.parent_run_id,
+        "key": run.run_id,
+        "ops": run.ops,
+        "status": status,
+        "digest": config_digest,
+    }
+    try:
+        spool_run(tracker.workdir, job)
+    except Exception as exc:  # never lose the caller's result over tracking
+        tracker.warn(f"cannot spool the run to {tracker.workdir / 'spool'}: {exc}")
+        return
+    start_writer(tracker.workdir)
+
+
+def write_job(tracker: Tracker, job: Mapping[str, Any]) -> str | None:
+    """Log one recorded background run (a queued or spooled job) to MLflow; returns its MLflow run id."""
+    key = {"ragconf.run_key": str(job["key"])}
+    handle = tracker._open(
+        job["kind"], job["config"], job["overrides"], job["run_name"], key, job["parent"], job["digest"], batch=True
+    )
+    if handle is None:
+        raise TrackingError(f"cannot write run {job['key']} to {tracker.uri}")
+    for name, args, kwargs in job["ops"]:
+        try:
+            getattr(handle, name)(*args, **kwargs)
+        except Exception as exc:
+            tracker.warn(f"{name} failed: {exc}")
+    handle.close(job["status"])
+    return handle.run_id
+
+
+def flush_spool(tracker: Tracker) -> int:
+    """Write the runs short-lived CLI commands spooled in this tracker's working dir (before reading runs)."""
+    from ragconf.tracking.spool import drain
+
+    return drain(tracker.workdir)
+
+
 def _work() -> None:
     while True:
         job = _QUEUE.get()
         try:
             tracker, kind, config, overrides, run_name, parent, run, status, digest = job
-            key = {"ragconf.run_key": str(run.run_id)}
-            handle = tracker._open(kind, config, overrides, run_name, key, parent, digest, batch=True)
-            if handle is not None:
-                for name, args, kwargs in run.ops:
-                    try:
-                        getattr(handle, name)(*args, **kwargs)
-                    except Exception as exc:
-                        tracker.warn(f"{name} failed: {exc}")
-                handle.close(status)
+            write_job(
+                tracker,
+                {
+                    "kind": kind,
+                    "config": config,
+                    "overrides": overrides,
+                    "run_name": run_name,
+                    "parent": parent,
+                    "key": run.run_id,
+                    "ops": run.ops,
+                    "status": status,
+                    "digest": digest,
+                },
+            )
         except Exception as exc:  # the writer never dies
             print(f"warning: tracking: background run failed: {exc}", file=sys.stderr)
         finally:

@@ -8,30 +8,85 @@ from typing import Any
 
 from ragconf.errors import TrackingError
 
-__all__ = ["compare_runs", "format_comparison", "get_run", "list_runs", "load_run_artifact", "load_run_config"]
+__all__ = [
+    "compare_runs",
+    "format_comparison",
+    "get_run",
+    "list_runs",
+    "load_run_artifact",
+    "load_run_config",
+    "parse_since",
+]
 
 FINGERPRINT_PREFIXES = ("model.", "policy.", "index.", "dataset.", "version.", "config_hash")
 
 
 def _tracker(cfg: Mapping[str, Any]) -> Any:
-    from ragconf.tracking.mlflow_tracker import Tracker
+    """A tracker for reading runs; runs CLI commands spooled in the working dir are written first."""
+    from ragconf.tracking.mlflow_tracker import Tracker, flush_spool
 
-    return Tracker(cfg, workdir=Path(cfg.get("workdir") or ".ragconf"))
+    tracker = Tracker(cfg, workdir=Path(cfg.get("workdir") or ".ragconf"))
+    flush_spool(tracker)
+    return tracker
 
 
-def list_runs(cfg: Mapping[str, Any], max_results: int = 50) -> list[dict[str, Any]]:
-    tracker = _tracker(cfg)
-    client = tracker.client()
-    exp = client.get_experiment_by_name(tracker.experiment)
-    if exp is None:
-        return []
-    runs = client.search_runs([exp.experiment_id], max_results=max_results, order_by=["attributes.start_time DESC"])
+def parse_since(value: str) -> int:
+    """``--since`` as epoch milliseconds: a duration back from now (``30m``, ``2h``, ``7d``, ``1w``) or an ISO
+    date/time (``2026-11-25``, ``2026-11-25T14:00``). TrackingError (exit 2 style hint) otherwise."""
+    import datetime as dt
+    import re
+    import time
+
+    from ragconf.errors import SpecError
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", value)
+    if m:
+        seconds = float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+        return int((time.time() - seconds) * 1000)
+    try:
+        return int(dt.datetime.fromisoformat(value.strip()).timestamp() * 1000)
+    except ValueError:
+        raise SpecError(
+            f"cannot read --since {value!r}", key="--since", hint="use a duration (30m, 2h, 7d) or a date (2026-11-25)"
+        ) from None
+
+
+def list_runs(
+    cfg: Mapping[str, Any],
+    max_results: int = 50,
+    *,
+    pipeline: str | None = None,
+    kind: str | None = None,
+    since: str | None = None,
+) -> list[dict[str, Any]]:
+    """Runs of every experiment in the store, newest first, filtered by pipeline tag, kind and start time."""
     import datetime as dt
 
+    tracker = _tracker(cfg)
+    client = tracker.client()
+    clauses = []
+    if pipeline:
+        clauses.append(f"tags.`ragconf.pipeline` = '{_quote(pipeline)}'")
+    if kind:
+        clauses.append(f"tags.`ragconf.kind` = '{_quote(kind)}'")
+    if since:
+        clauses.append(f"attributes.start_time >= {parse_since(since)}")
+    try:
+        exps = {e.experiment_id: e.name for e in client.search_experiments()}
+        runs = client.search_runs(
+            list(exps),
+            filter_string=" and ".join(clauses),
+            max_results=max_results,
+            order_by=["attributes.start_time DESC"],
+        )
+    except Exception as exc:
+        raise TrackingError(f"cannot list runs in {tracker.uri}: {' '.join(str(exc).split())[:300]}") from None
     return [
         {
             "run_id": r.info.run_id,
             "kind": r.data.tags.get("ragconf.kind", ""),
+            "pipeline": r.data.tags.get("ragconf.pipeline", ""),
+            "experiment": exps.get(r.info.experiment_id, ""),
             "start_time": dt.datetime.fromtimestamp(r.info.start_time / 1000).isoformat(timespec="seconds"),
             "status": r.info.status,
             "parent_run_id": r.data.tags.get("mlflow.parentRunId"),
@@ -40,6 +95,10 @@ def list_runs(cfg: Mapping[str, Any], max_results: int = 50) -> list[dict[str, A
         }
         for r in runs
     ]
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "").replace("'", "")
 
 
 def load_run_config(cfg: Mapping[str, Any], run_id: str) -> tuple[dict[str, Any], list[str]]:

@@ -1,0 +1,161 @@
+"""The CLI's run spool: a tracked ``ask``/``retrieve`` in a short-lived CLI process is written as one JSON file
+(0600) to ``<workdir>/spool/`` and logged to MLflow by a detached, niced writer process
+(``python -m ragconf.tracking.spool <workdir>``), or by the next command that opens the store (``runs ...``,
+``eval``, feedback), whichever comes first. So a CLI ask never imports mlflow nor waits for its store.
+
+Each file is claimed by an atomic rename before it is written, so a writer process and a command draining the
+spool never log a run twice; a claim whose process died is taken over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+__all__ = ["drain", "spool_dir", "spool_run", "start_writer"]
+
+SUFFIX = ".json"
+CLAIM = ".claimed-"
+
+
+def spool_dir(workdir: str | Path) -> Path:
+    return Path(workdir) / "spool"
+
+
+def spool_run(workdir: Path, job: dict[str, Any]) -> Path:
+    """Write one run (``job``: tracking settings, kind, config, overrides, ops...) to the spool, 0600."""
+    from ragconf._fs import private_dir, private_umask, private_workdir
+
+    private_workdir(workdir)
+    folder = private_dir(spool_dir(workdir))
+    name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}"
+    tmp = folder / f".{name}.tmp"
+    with private_umask():
+        tmp.write_text(json.dumps(job, default=str), encoding="utf-8")
+    os.chmod(tmp, 0o600)
+    final = folder / f"{name}{SUFFIX}"
+    tmp.rename(final)
+    return final
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _claim(folder: Path) -> Path | None:
+    """Take the oldest pending file (or one whose claiming process died)."""
+    for path in sorted(folder.iterdir()):
+        name = path.name
+        if name.startswith("."):
+            continue
+        if CLAIM in name:
+            pid = name.rsplit(CLAIM, 1)[1]
+            if not pid.isdigit() or _alive(int(pid)):
+                continue
+            base = name.split(CLAIM, 1)[0]
+        elif name.endswith(SUFFIX):
+            base = name
+        else:
+            continue
+        target = folder / f"{base}{CLAIM}{os.getpid()}"
+        try:
+            path.rename(target)
+        except FileNotFoundError:  # another writer was faster
+            continue
+        return target
+    return None
+
+
+def drain(workdir: str | Path, *, limit_s: float | None = None) -> int:
+    """Log every spooled run of ``workdir`` to MLflow (in this process). Returns how many were written."""
+    from ragconf.tracking.mlflow_tracker import Tracker, write_job
+
+    folder = spool_dir(workdir)
+    if not folder.is_dir():
+        return 0
+    trackers: dict[tuple[str, str], Tracker] = {}
+    done = 0
+    deadline = None if limit_s is None else time.monotonic() + limit_s
+    while deadline is None or time.monotonic() < deadline:
+        path = _claim(folder)
+        if path is None:
+            break
+        try:
+            job = json.loads(path.read_text(encoding="utf-8"))
+            cfg = job["tracking"]
+            key = (str(cfg.get("uri")), str(cfg.get("experiment")))
+            tracker = trackers.get(key)
+            if tracker is None:
+                tracker = trackers[key] = Tracker(cfg, workdir=Path(job["workdir"]))
+            write_job(tracker, job)
+            path.unlink()
+            done += 1
+        except Exception as exc:  # keep the run for a look, never loop on it
+            failed = path.with_name(path.name.split(CLAIM, 1)[0] + ".failed")
+            with contextlib.suppress(OSError):
+                path.rename(failed)
+            _log(folder, f"{failed.name}: {type(exc).__name__}: {exc}")
+    return done
+
+
+def _log(folder: Path, line: str) -> None:
+    from ragconf._fs import private_umask
+
+    with contextlib.suppress(OSError), private_umask(), (folder / "writer.log").open("a", encoding="utf-8") as fh:
+        fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")
+
+
+def start_writer(workdir: Path) -> None:
+    """Start the detached writer process unless one is running for this spool (``RAGCONF_SPOOL_WRITER=0``: never;
+    the next command that opens the store writes the runs)."""
+    if os.environ.get("RAGCONF_SPOOL_WRITER", "1") == "0":
+        return
+    pidfile = spool_dir(workdir) / "writer.pid"
+    with contextlib.suppress(OSError, ValueError):
+        if _alive(int(pidfile.read_text().strip())):
+            return
+    with contextlib.suppress(OSError):
+        subprocess.Popen(
+            [sys.executable, "-m", "ragconf.tracking.spool", str(Path(workdir).resolve())],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+        )
+
+
+def _main(workdir: str) -> int:
+    with contextlib.suppress(OSError):
+        os.nice(10)  # the user's next command comes first
+    folder = spool_dir(workdir)
+    pidfile = folder / "writer.pid"
+    with contextlib.suppress(OSError):
+        pidfile.write_text(str(os.getpid()))
+    try:
+        while drain(workdir):
+            pass
+    finally:
+        with contextlib.suppress(OSError):
+            pidfile.unlink()
+    drain(workdir)  # a run spooled while the pid file was going away
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover - the writer process
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HAYSTACK_TELEMETRY_ENABLED", "False")
+    sys.exit(_main(sys.argv[1]))
