@@ -269,20 +269,24 @@ def serve(
     config_dir: ConfigDir = None,
     host: Annotated[str | None, typer.Option("--host", help="Bind address (default serve.host).")] = None,
     port: Annotated[int | None, typer.Option("--port", help="Port (default serve.port).")] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="Processes, each its own app (default serve.workers).")
+    ] = None,
 ) -> None:
     """Serve the configured app over HTTP (ragconf[serve]): authenticated ask/retrieve/chat, SSE streaming."""
-    from ragconf.server import _require
+    from ragconf.server import _require, limit_native_threads
 
     _require()
+    limit_native_threads()  # before numpy loads: one BLAS/OpenMP thread per process unless the env says otherwise
     svc = _service(config_dir, overrides)
     svc.source = "server"
-    from ragconf.server import serve as run_server
+    from ragconf.server import run as run_server
     from ragconf.server.auth import Authenticator, describe
 
     if not Authenticator(svc.spec.serve.auth, svc.rag.directory).configured:
         _warn("no API keys or JWT configured (serve.auth): every request will be refused with 401")
     typer.echo(f"ragconf serve: auth {describe(svc.spec.serve.auth)}; config hash {svc.rag.loaded.hash[:12]}", err=True)
-    run_server(svc, host=host, port=port)
+    run_server(svc, config_dir=config_dir, overrides=overrides, host=host, port=port, workers=workers)
 
 
 @app.command()

@@ -6,10 +6,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import re
+import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import fields
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -33,19 +40,140 @@ ROUTES = {
     "/v1/feedback",
     "/v1/admin/reload",
     "/v1/admin/ingest",
+    "/v1/admin/ingest/{job_id}",
     "/healthz",
     "/readyz",
     "/metrics",
 }
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+INGEST_JOB = "/v1/admin/ingest/{job_id}"
+INGEST_JOB_PREFIX = "/v1/admin/ingest/"
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, detail: str, **extra: Any) -> None:
+    def __init__(self, status: int, detail: str, *, headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
+        self.headers = headers
         self.extra = extra
+
+
+class RateLimiter:
+    """``serve.rate_limit_per_minute``: a token bucket per authenticated user in this process (bursts up to one
+    minute's worth); 429 with ``Retry-After`` beyond. Used only on the event loop, so it needs no lock."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self.rate = per_minute / 60.0
+        self.buckets: dict[str, tuple[float, float]] = {}  # user -> (tokens, monotonic time)
+
+    def check(self, user: str) -> None:
+        if not self.per_minute:
+            return
+        now = time.monotonic()
+        tokens, last = self.buckets.get(user, (float(self.per_minute), now))
+        tokens = min(float(self.per_minute), tokens + (now - last) * self.rate)
+        if tokens < 1.0:
+            self.buckets[user] = (tokens, now)
+            retry = max(1, int((1.0 - tokens) / self.rate + 0.999))
+            raise ApiError(
+                429,
+                f"rate limit exceeded: serve.rate_limit_per_minute={self.per_minute} per user; retry in {retry}s",
+                headers={"Retry-After": str(retry)},
+            )
+        self.buckets[user] = (tokens - 1.0, now)
+
+
+class IngestJobs:
+    """``POST /v1/admin/ingest`` as a background job: one at a time per process (the store's ingest file lock
+    also serialises processes and CLI ingests), in its own thread, not the request pool. Each job's status is a
+    JSON file under ``<workdir>/serve-jobs/`` so any worker process of the server can report it."""
+
+    def __init__(self, service: RagService) -> None:
+        self.service = service
+        self.dir = Path(service.rag.workdir) / "serve-jobs"
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+        self.current: str | None = None
+
+    def start(self, user: str) -> dict[str, Any]:
+        with self.lock:
+            if self.thread is not None and self.thread.is_alive():
+                raise ApiError(
+                    409,
+                    f"ingest job {self.current} is still running",
+                    job_id=self.current,
+                    status_url=f"{INGEST_JOB_PREFIX}{self.current}",
+                )
+            job_id = uuid.uuid4().hex
+            record = {
+                "job_id": job_id,
+                "status": "running",
+                "user": user,
+                "started": _now(),
+                "finished": None,
+                "pid": os.getpid(),
+                "status_url": f"{INGEST_JOB_PREFIX}{job_id}",
+            }
+            self._write(record)
+            self.current = job_id
+            self.thread = threading.Thread(target=self._run, args=(record,), name="ragconf-ingest")
+            self.thread.start()
+        return record
+
+    def _run(self, record: dict[str, Any]) -> None:
+        t0 = time.perf_counter()
+        try:
+            result = self.service.ingest()
+            record = {**record, "status": "succeeded", "result": result.to_dict()}
+        except Exception as exc:
+            record = {**record, "status": "failed", "error": _error_from(exc).detail}
+        record.update(finished=_now(), seconds=round(time.perf_counter() - t0, 3))
+        try:
+            self._write(record)
+        except OSError as exc:  # the job's outcome is also in the tracked ingest run
+            print(f"warning: cannot write ingest job status {record['job_id']}: {exc}", file=sys.stderr)
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        path = self.dir / f"{job_id}.json"
+        if not _JOB_ID.fullmatch(job_id) or not path.is_file():
+            raise ApiError(404, f"no ingest job '{job_id}'")
+        record: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        if record.get("status") == "running" and not _alive(int(record.get("pid") or 0)):
+            record["status"] = "interrupted"  # the process running it died before it finished
+        return record
+
+    def _write(self, record: dict[str, Any]) -> None:
+        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = self.dir / f".{record['job_id']}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(record, default=str), encoding="utf-8")
+        os.replace(tmp, self.dir / f"{record['job_id']}.json")
+
+    def join(self) -> None:
+        thread = self.thread
+        if thread is not None and thread.is_alive():
+            print(f"ragconf serve: waiting for ingest job {self.current} to finish", file=sys.stderr)
+            thread.join()
+
+
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class Limits:
@@ -59,7 +187,8 @@ class Limits:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        route = scope["path"] if scope["path"] in ROUTES else "other"
+        path = scope["path"]
+        route = path if path in ROUTES else INGEST_JOB if path.startswith(INGEST_JOB_PREFIX) else "other"
         limit = self.state.spec.max_body_bytes
         started = time.perf_counter()
         status = {"code": 500}
@@ -120,12 +249,14 @@ class ServerState:
         self.spec = service.spec.serve
         self.auth = Authenticator(self.spec.auth, service.rag.directory)
         self.metrics = Metrics()
-        self.pool = ThreadPoolExecutor(max_workers=self.spec.workers, thread_name_prefix="ragconf-worker")
+        self.pool = ThreadPoolExecutor(max_workers=self.spec.threads, thread_name_prefix="ragconf-worker")
         self.pending = 0  # running or queued in the pool (touched only on the event loop)
+        self.limiter = RateLimiter(self.spec.rate_limit_per_minute)
+        self.jobs = IngestJobs(service)
 
     def submit(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
-        """Run ``fn`` in the worker pool; 503 when ``workers + max_queue`` requests are already waiting."""
-        if self.pending >= self.spec.workers + self.spec.max_queue:
+        """Run ``fn`` in the worker pool; 503 when ``threads + max_queue`` requests are already waiting."""
+        if self.pending >= self.spec.threads + self.spec.max_queue:
             raise ApiError(503, "the server is busy (worker pool and queue are full); retry later")
         loop = asyncio.get_running_loop()
         self.pending += 1
@@ -189,8 +320,19 @@ def _error_from(exc: BaseException) -> ApiError:
     return ApiError(500, f"internal error: {type(exc).__name__}")
 
 
-def _answer_json(answer: Any) -> dict[str, Any]:
-    return answer.to_dict()
+def _public(result: Any) -> dict[str, Any]:
+    """A result dataclass as a dict for JSON, without the trace: a shallow view (``asdict`` deep-copies every
+    document, span and citation only to have them encoded once)."""
+    return {f.name: getattr(result, f.name) for f in fields(result) if f.name != "trace"}
+
+
+def _dumps(data: Any) -> bytes:
+    """JSON as Starlette's JSONResponse writes it; called in the worker thread, off the event loop."""
+    return json.dumps(data, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")).encode()
+
+
+def _json(data: bytes, status: int = 200) -> Response:
+    return Response(data, status_code=status, media_type="application/json")
 
 
 def _final_event(answer: Any) -> dict[str, Any]:
@@ -232,7 +374,7 @@ def create_app(service: RagService, *, warm_up: bool = True) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else exc.headers
         if request.url.path == "/v1/chat/completions":
             kind = {401: "authentication_error", 403: "permission_denied", 422: "invalid_request_error"}
             body: dict[str, Any] = {
@@ -254,9 +396,11 @@ def create_app(service: RagService, *, warm_up: bool = True) -> FastAPI:
 
     async def principal(request: Request) -> Principal:
         try:
-            return state.auth.authenticate(request.headers)
+            user = state.auth.authenticate(request.headers)
         except AuthError as exc:
             raise ApiError(exc.status, exc.detail) from None
+        state.limiter.check(user.id)
+        return user
 
     async def admin(user: Principal = Depends(principal)) -> Principal:  # noqa: B008
         if not state.auth.is_admin(user):
@@ -283,21 +427,26 @@ def create_app(service: RagService, *, warm_up: bool = True) -> FastAPI:
 
     # ----- retrieval and answers ---------------------------------------------------------------------
     @app.post("/v1/retrieve", tags=["rag"])
-    async def retrieve(body: RetrieveBody, user: Principal = Depends(principal)) -> JSONResponse:  # noqa: B008
+    async def retrieve(body: RetrieveBody, user: Principal = Depends(principal)) -> Response:  # noqa: B008
         state.check_question(body.question, body.top_k)
         try:
-            result = await state.run(lambda: service.retrieve(body.question, user, top_k=body.top_k))
+            data = await state.run(lambda: _dumps(_public(service.retrieve(body.question, user, top_k=body.top_k))))
         except Exception as exc:
             raise _error_from(exc) from None
-        return JSONResponse(result.to_dict())
+        return _json(data)
 
     @app.post("/v1/ask", tags=["rag"], response_model=None)
     async def ask(body: AskBody, user: Principal = Depends(principal)) -> Response:  # noqa: B008
         state.check_question(body.question, body.top_k)
         if body.stream:
             return await _stream(state, body.question, user, body.profile, body.top_k, _sse_ask)
+
+        def work() -> tuple[Any, bytes]:  # the answer is encoded in the worker thread
+            answer = service.ask(body.question, user, profile=body.profile, top_k=body.top_k)
+            return answer, b"" if answer.refused else _dumps(_public(answer))
+
         try:
-            answer = await state.run(lambda: service.ask(body.question, user, profile=body.profile, top_k=body.top_k))
+            answer, data = await state.run(work)
         except Exception as exc:
             raise _error_from(exc) from None
         state.metrics.answer(answer)
@@ -309,7 +458,7 @@ def create_app(service: RagService, *, warm_up: bool = True) -> FastAPI:
                 decision_ids=answer.decision_ids,
                 run_id=answer.run_id,
             )
-        return JSONResponse(_answer_json(answer))
+        return _json(data)
 
     @app.post("/v1/chat/completions", tags=["openai"], response_model=None)
     async def chat(body: ChatBody, user: Principal = Depends(principal)) -> Response:  # noqa: B008
@@ -321,14 +470,19 @@ def create_app(service: RagService, *, warm_up: bool = True) -> FastAPI:
             return await _stream(
                 state, question, user, profile, None, lambda events: _sse_chat(events, body.model, include_usage)
             )
+
+        def work() -> tuple[Any, bytes]:
+            answer = service.ask(question, user, profile=profile)
+            return answer, b"" if answer.refused else _dumps(_chat_completion(answer, body.model))
+
         try:
-            answer = await state.run(lambda: service.ask(question, user, profile=profile))
+            answer, data = await state.run(work)
         except Exception as exc:
             raise _error_from(exc) from None
         state.metrics.answer(answer)
         if answer.refused:
             raise ApiError(403, answer.reason or answer.answer, refused=True, decision_ids=answer.decision_ids)
-        return JSONResponse(_chat_completion(answer, body.model))
+        return _json(data)
 
     @app.post("/v1/feedback", tags=["rag"])
     async def feedback(body: FeedbackBody, user: Principal = Depends(principal)) -> JSONResponse:  # noqa: B008
@@ -361,13 +515,17 @@ def create_app(service: RagService, *, warm_up: bool = True) -> FastAPI:
             raise _error_from(exc) from None
         return JSONResponse(out)
 
-    @app.post("/v1/admin/ingest", tags=["admin"])
+    @app.post("/v1/admin/ingest", tags=["admin"], status_code=202)
     async def admin_ingest(user: Principal = Depends(admin)) -> JSONResponse:  # noqa: B008
-        try:
-            result = await state.run(service.ingest, timeout=24 * 3600)
-        except Exception as exc:
-            raise _error_from(exc) from None
-        return JSONResponse(result.to_dict())
+        """Start an incremental ingest in the background: 202 with the job id; poll ``status_url``."""
+        record = state.jobs.start(user.id)
+        return JSONResponse(record, status_code=202, headers={"Location": record["status_url"]})
+
+    @app.get("/v1/admin/ingest/{job_id}", tags=["admin"])
+    async def admin_ingest_status(job_id: str, user: Principal = Depends(admin)) -> JSONResponse:  # noqa: B008
+        """An ingest job: ``running``, ``succeeded`` (with the ingest summary and run id), ``failed`` (with the
+        reason) or ``interrupted`` (its process ended first)."""
+        return JSONResponse(state.jobs.get(job_id))
 
     return app
 
@@ -376,6 +534,7 @@ def _shutdown(state: ServerState) -> None:
     from ragconf.tracking import flush
 
     state.pool.shutdown(wait=True, cancel_futures=True)
+    state.jobs.join()
     flush()
     state.service.close()
 

@@ -349,14 +349,18 @@ class ServeSpec(_Strict):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    #: Threads that run retrievals and asks (a slow generator holds one of them).
-    workers: int = Field(4, gt=0)
+    #: Processes (uvicorn workers), each with its own app, store connections and thread pool; `--workers`.
+    workers: int = Field(1, gt=0)
+    #: Threads per process that run retrievals and asks (a slow generator holds one of them).
+    threads: int = Field(4, gt=0)
     #: Requests waiting for a worker beyond which the server answers 503.
     max_queue: int = Field(64, ge=0)
     request_timeout_s: float = Field(60.0, gt=0)
     max_body_bytes: int = Field(65536, gt=0)
     max_question_chars: int = Field(2000, gt=0)
     max_top_k: int = Field(100, gt=0)
+    #: Requests per minute per authenticated user and process (429 beyond); 0 = no limit.
+    rate_limit_per_minute: int = Field(0, ge=0)
     auth: AuthSpec = Field(default_factory=AuthSpec)
 
 

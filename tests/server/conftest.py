@@ -79,13 +79,19 @@ def make_world(work: Path) -> tuple[dict[str, str], list[str]]:
     return keys, overrides
 
 
-def start(work: Path, keys: dict[str, str], overrides: list[str], env: dict[str, str] | None = None) -> Server:
+def start(
+    work: Path,
+    keys: dict[str, str],
+    overrides: list[str],
+    env: dict[str, str] | None = None,
+    args: tuple[str, ...] = (),
+) -> Server:
     port = free_port()
     log = work / f"server-{port}.log"
     full_env = {**os.environ, "RAGCONF_TEST_JWT_SECRET": JWT_SECRET, "NO_PROXY": "127.0.0.1", **(env or {})}
     with log.open("wb") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ragconf", "serve", *overrides, "--port", str(port)],
+            [sys.executable, "-m", "ragconf", "serve", *overrides, "--port", str(port), *args],
             cwd=work,
             stdout=fh,
             stderr=subprocess.STDOUT,

@@ -4,10 +4,13 @@ the directory's admin role, and no key or token ends up in the audit log, MLflow
 
 from __future__ import annotations
 
+import fcntl
+import os
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import jwt
@@ -139,11 +142,47 @@ def test_admin_reload_is_atomic_and_a_broken_bundle_keeps_serving(server: Server
     assert again.status_code == 200 and again.json()["revision"] == revision
 
 
-def test_admin_ingest_is_incremental(server: Server) -> None:
-    r = httpx.post(server.url + "/v1/admin/ingest", headers=server.headers("root"), timeout=120)
-    assert r.status_code == 200, r.text
-    body = r.json()
+def _ingest_job(server: Server) -> dict[str, Any]:
+    """Start an admin ingest (202 + job id) and poll its status until it is no longer running."""
+    r = httpx.post(server.url + "/v1/admin/ingest", headers=server.headers("root"), timeout=30)
+    assert r.status_code == 202, r.text
+    job = r.json()
+    assert job["status"] == "running" and r.headers["location"] == job["status_url"]
+    deadline = time.monotonic() + 120
+    while job["status"] == "running" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        status = httpx.get(server.url + job["status_url"], headers=server.headers("root"), timeout=30)
+        assert status.status_code == 200, status.text
+        job = status.json()
+    return job
+
+
+def test_admin_ingest_is_an_incremental_background_job(server: Server) -> None:
+    job = _ingest_job(server)
+    assert job["status"] == "succeeded", job
+    body = job["result"]
     assert body["added"] == 0 and body["updated"] == 0 and body["unchanged"] >= 12 and body["run_id"]
+    assert job["user"] == "root" and job["finished"] and job["seconds"] >= 0
+    # only admins read job status; unknown ids are 404
+    h = server.headers("alice")
+    assert httpx.get(server.url + job["status_url"], headers=h).status_code == 403
+    missing = httpx.get(server.url + "/v1/admin/ingest/" + "0" * 32, headers=server.headers("root"))
+    assert missing.status_code == 404 and "no ingest job" in missing.json()["detail"]
+    bad = httpx.get(server.url + "/v1/admin/ingest/..%2Fkeys", headers=server.headers("root"))
+    assert bad.status_code == 404
+
+
+def test_admin_ingest_job_reports_why_it_failed(server: Server) -> None:
+    """Another ingest holds the store's lock (a CLI ingest, another worker process): the job fails, says why."""
+    (store,) = (server.work / "state").rglob("*.sqlite")
+    fd = os.open(f"{store}.ingest.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        job = _ingest_job(server)
+    finally:
+        os.close(fd)
+    assert job["status"] == "failed" and "another ingest" in job["error"], job
+    assert _ingest_job(server)["status"] == "succeeded"
 
 
 def _files(root: Path) -> list[Path]:

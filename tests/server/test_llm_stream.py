@@ -81,7 +81,7 @@ def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "generator.components.llm.params.api_key_env=null",
         "+generator.components.llm.params.max_retries=0",
         "serve.request_timeout_s=3",
-        "serve.workers=2",
+        "serve.threads=2",
     ]
     srv = start(work, keys, overrides)
     try:
