@@ -89,6 +89,35 @@ def _answers(root: Path, explicit: str | None) -> dict[str, str]:
     return out
 
 
+def _forbidden(root: Path, explicit: str | None) -> dict[str, dict[str, Any]]:
+    """The evaluation set's ground truth of what each persona must never see (``forbidden.jsonl``: one line per
+    user, ``{"user", "doc_ids": [...], "canaries": [...]}``), written independently of the policy."""
+    import json
+
+    path = Path(explicit) if explicit else root / "forbidden.jsonl"
+    if not path.is_file():
+        if explicit:
+            raise EvalError(f"forbidden file '{path}' does not exist", hint="set eval.forbidden to a JSONL file")
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            user = str(row["user"])
+            ids = row.get("doc_ids") or []
+            canaries = row.get("canaries") or []
+            if not isinstance(ids, list) or not isinstance(canaries, list):
+                raise ValueError("doc_ids and canaries must be lists")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise EvalError(f'{path}:{i}: expected {{"user", "doc_ids": [...], "canaries": [...]}} ({exc})') from None
+        entry = out.setdefault(user, {"doc_ids": set(), "canaries": []})
+        entry["doc_ids"] |= {str(d) for d in ids}
+        entry["canaries"] += [str(c) for c in canaries]
+    return out
+
+
 def _visible_doc_ids(rag: Any, principal: Any, doc_ids: set[str]) -> set[str]:
     """Of ``doc_ids``, those with at least one chunk the access policy lets ``principal`` see."""
     if not doc_ids:
@@ -206,25 +235,38 @@ def run_eval(rag: Any, *, user: str | None = None, progress: Any = None) -> Eval
         metrics["answer_f1"] = sum(overlap_f1) / len(overlap_f1)
         metrics["citation_precision"] = sum(cite_prec) / len(cite_prec)
     per_persona: dict[str, dict[str, float]] = {}
-    total_leak = 0
+    forbidden = _forbidden(root, spec.forbidden)
+    total_leak = total_truth = 0
     for persona in spec.personas or [uid]:
         p = rag.principal(persona)
-        leaked = 0
+        leaked = truth = 0
         answers = 0
+        must_not = forbidden.get(persona, {"doc_ids": set(), "canaries": []})
         for qid in qids:
             ans = rag.ask(queries[qid], persona) if spec.personas else None
             with spans.collect("eval.leakage", query_id=qid) as trace:
                 docs, _, _ = rag.retrieve(queries[qid], p, top_k=spec.top_k)
             embedding_calls += _embeds(trace) + (_embeds(ans.trace) if ans is not None else 0)
             leaked += _leaks(rag, p, docs)
+            truth += sum(1 for d in docs if str(d.meta.get("doc_id")) in must_not["doc_ids"])
             if ans is not None:
                 answers += 1
                 cited = {c["chunk_id"] for c in ans.citations}
                 used = [d for d in docs if d.id in cited] + _docs_by_id(rag, ans, cited)
                 leaked += _leaks(rag, p, used)
-        per_persona[persona] = {"leakage": float(leaked), "answers": float(answers)}
+                given = {str(d.get("doc_id")) for d in ans.documents} | {str(c["doc_id"]) for c in ans.citations}
+                truth += len(given & must_not["doc_ids"])
+                truth += sum(1 for c in must_not["canaries"] if c and c in ans.answer)
+        row = {"leakage_policy_recheck": float(leaked), "answers": float(answers)}
+        row["leakage"] = float(truth) if forbidden else float(leaked)
+        per_persona[persona] = row
         total_leak += leaked
-    metrics["leakage"] = float(total_leak)
+        total_truth += truth
+    # against the evaluation set's own ground truth when it has one (a wrong policy fails the gate); otherwise
+    # the policy re-check, which can only catch a guard that did not apply the policy
+    metrics["leakage"] = float(total_truth) if forbidden else float(total_leak)
+    metrics["leakage_policy_recheck"] = float(total_leak)
+    metrics["leakage_ground_truth"] = 1.0 if forbidden else 0.0
     # every query embedder run of this evaluation (metric queries, reference answers, persona checks), counted
     # from the spans of the requests
     metrics["embedding_calls"] = float(embedding_calls)
