@@ -40,7 +40,7 @@ class AnnOptions:
     min_rows: int = 20_000
     exact_below: float = 0.05
     exact_rows: int = 100_000
-    candidates: int = 200
+    candidates: int = 300  # recall@10 vs exact at 100k: 0.977 with 200, 0.992 with 300 (+0.75 ms)
     oversample: float = 2.0
     dtype: str = "f16"
     connectivity: int = 16
