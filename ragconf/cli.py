@@ -409,6 +409,44 @@ def eval_cmd(
         raise typer.Exit(4)
 
 
+@app.command()
+@handle_errors
+def tune(
+    overrides: Overrides = None,
+    split: Annotated[str, typer.Option("--split", help="Qrels split to fit on (never the one you report).")] = "train",
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Pipeline YAML to write (default: tuned/pipeline/<name>_tuned.yaml)."),
+    ] = None,
+    user: Annotated[str | None, typer.Option("--user", "-u", help="Tune as this user (default: eval.user).")] = None,
+    config_dir: ConfigDir = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Fit the hybrid fusion weights and candidate depth on an eval set's training qrels; write the tuned
+    pipeline and log a `tune` run."""
+    from ragconf.tune import tune as run_tune
+
+    svc = _service(config_dir, overrides)
+    try:
+        out = output or Path("tuned") / "pipeline" / f"{svc.rag.spec.pipeline.name}_tuned.yaml"
+        result = run_tune(
+            svc, split=split, user=user, output=out, progress=None if as_json else _plain_progress_queries
+        )
+    finally:
+        svc.close()
+    if as_json:
+        _emit(result.to_dict())
+        return
+    typer.echo(
+        f"tuned {result.pipeline}.{result.component} on {result.queries} {result.split} queries: "
+        f"nDCG@10 {result.default_ndcg:.4f} -> {result.best_ndcg:.4f} with bm25 weight "
+        f"{result.best['bm25_weight']}, candidates {result.best['candidates']}"
+        + (f"  (run {result.run_id})" if result.run_id else "")
+    )
+    written = Path(str(result.output))
+    typer.echo(f"wrote {written}: use --config-dir {written.parent.parent} pipeline={written.stem}")
+
+
 def _plain_progress_queries(done: int, total: int) -> None:
     if total and (done == total or done % max(1, total // 5) == 0):
         typer.echo(f"  {done}/{total} queries", err=True)
