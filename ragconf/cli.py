@@ -395,6 +395,9 @@ def eval_cmd(
         sweep_status = "FINISHED"
     finally:
         if parent is not None:
+            from ragconf.eval.report import log_sweep
+
+            log_sweep(parent, results)  # each metric vs the swept value, as plots and a table on the parent
             parent.close(sweep_status)
     failed = [r for _, r in results if not r.passed]
     if as_json:

@@ -31,6 +31,13 @@ class EvalResult:
     query_texts: dict[str, str] = field(default_factory=dict, repr=False)
     retrieved: dict[str, list[str]] = field(default_factory=dict, repr=False)
     latency_ms: dict[str, float] = field(default_factory=dict, repr=False)
+    # per judged query (a relevant document visible to the user): each retrieval metric
+    per_query: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)
+    # every evaluated query's judgements as the evaluation set has them (all documents, for the dataset input)
+    judgements: dict[str, dict[str, int]] = field(default_factory=dict, repr=False)
+    # query id -> failure category, filled by ragconf.eval.explain (``eval --explain``)
+    failures: dict[str, str] = field(default_factory=dict, repr=False)
+    explanation: Any = field(default=None, repr=False)
 
     @property
     def passed(self) -> bool:
@@ -171,7 +178,7 @@ def run_eval(rag: Any, *, user: str | None = None, progress: Any = None) -> Eval
     from ragconf import spans
     from ragconf.eval.answer_metrics import citation_precision, reference_overlap
     from ragconf.eval.gates import check_gates, parse_gates
-    from ragconf.eval.metrics import METRICS, evaluate_run
+    from ragconf.eval.metrics import METRICS, evaluate_run, per_query
 
     spec = rag.spec.eval
     preflight(rag)
@@ -271,7 +278,7 @@ def run_eval(rag: Any, *, user: str | None = None, progress: Any = None) -> Eval
     # from the spans of the requests
     metrics["embedding_calls"] = float(embedding_calls)
     results = check_gates(gates, metrics)
-    return EvalResult(
+    result = EvalResult(
         metrics,
         results,
         per_persona,
@@ -287,6 +294,9 @@ def run_eval(rag: Any, *, user: str | None = None, progress: Any = None) -> Eval
         retrieved,
         latency_ms,
     )
+    result.per_query = per_query(visible_qrels, {q: run[q] for q in visible_qrels})
+    result.judgements = {q: dict(qrels[q]) for q in qids}
+    return result
 
 
 def _docs_by_id(rag: Any, ans: Any, cited: set[str]) -> list[Any]:

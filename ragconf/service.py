@@ -410,6 +410,7 @@ class RagService:
     ) -> Any:
         """The configured evaluation set through the pipeline, tracked as an ``eval`` run (with the dataset
         fingerprint and ``eval.json``). Returns an :class:`ragconf.experiment.EvalResult`."""
+        from ragconf.eval.report import log_eval_report
         from ragconf.experiment import preflight, run_eval
 
         preflight(self.rag)  # user mistakes (no eval set, empty store) fail at once, before mlflow is touched
@@ -438,10 +439,13 @@ class RagService:
             if result.top_k_override is not None:
                 run.set_tags({"eval.top_k_override": result.top_k_override})
             root = result.dataset
+            digest = None
             if root is not None:
-                run.log_dataset_fingerprint(root.name, sorted(p for p in root.rglob("*") if p.is_file()))
+                digest = run.log_dataset_fingerprint(root.name, sorted(p for p in root.rglob("*") if p.is_file()))
             self.log_manifest(run)
             run.log_dict(result.to_dict(), "eval.json")
+            # the evaluation set as a dataset input, the per-query table and plots (ragconf.eval.report)
+            log_eval_report(run, result, digest=digest, split=self.rag.spec.eval.split)
             run.log_query_traces(self._query_traces(result))
             result.run_id = str(run.run_id) if run.run_id else None
         return result

@@ -99,7 +99,7 @@ def test_runs_compare_shows_config_diff_and_metric_deltas_and_reproduce_matches(
     assert ndcg[0] == ndcg[1] == runs[0]["metrics"]["ndcg@10"]
 
 
-def test_sweep_logs_one_child_run_per_value_under_a_parent(scifact_dir: Path) -> None:
+def test_sweep_logs_one_child_run_per_value_under_a_parent(scifact_dir: Path, tmp_path: Path) -> None:
     proc = run_cli(
         "eval",
         "-m",
@@ -119,6 +119,22 @@ def test_sweep_logs_one_child_run_per_value_under_a_parent(scifact_dir: Path) ->
     listing = json.loads(run_cli("runs", "list", *BEIR, "--json", cwd=scifact_dir, check=True).stdout)
     children = {r["run_id"] for r in listing if r["parent_run_id"] == out["parent_run_id"]}
     assert children == {r["run_id"] for r in out["runs"]}
+    # the parent run shows each metric against the swept value: a table and one PNG per metric
+    from mlflow import MlflowClient
+    from PIL import Image
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{(scifact_dir / '.ragconf' / 'mlflow.db').resolve()}")
+    parent = out["parent_run_id"]
+    table = json.loads(Path(client.download_artifacts(parent, "sweep.json", str(tmp_path))).read_text())
+    rows = [dict(zip(table["columns"], r, strict=True)) for r in table["data"]]
+    key = "pipeline.components.bm25.params.top_k"
+    assert [r[key] for r in rows] == ["10", "30"]
+    assert [r["run_id"] for r in rows] == [r["run_id"] for r in out["runs"]]
+    assert [r["ndcg@10"] for r in rows] == pytest.approx([r["metrics"]["ndcg@10"] for r in out["runs"]], abs=1e-9)
+    plots = {a.path for a in client.list_artifacts(parent, "plots")}
+    assert {"plots/sweep_ndcg_10.png", "plots/sweep_recall_10.png", "plots/sweep_p95_ms.png"} <= plots
+    with Image.open(client.download_artifacts(parent, "plots/sweep_ndcg_10.png", str(tmp_path))) as img:
+        assert img.format == "PNG" and img.width >= 300
 
 
 def test_policy_test_and_eval_cli(tmp_path: Path) -> None:
