@@ -368,6 +368,10 @@ def eval_cmd(
         str | None, typer.Option("--user", "-u", help="Evaluate as this user (default: eval.user).")
     ] = None,
     multirun: Annotated[bool, typer.Option("--multirun", "-m", help="Sweep: k=a,b,c runs each combination.")] = False,
+    explain: Annotated[
+        bool, typer.Option("--explain", help="Classify every query below --threshold (nDCG@10): why it failed.")
+    ] = False,
+    threshold: Annotated[float, typer.Option("--threshold", min=0.0, max=1.0, help="nDCG@10 for --explain.")] = 0.5,
     config_dir: ConfigDir = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -388,6 +392,7 @@ def eval_cmd(
                     user=user,
                     progress=None if as_json else _plain_progress_queries,
                     parent_run_id=getattr(parent, "run_id", None),
+                    explain=threshold if explain else None,
                 )
             finally:
                 svc.close()
@@ -408,6 +413,10 @@ def eval_cmd(
             if len(results) > 1:
                 typer.echo(f"== {' '.join(combo)}")
             _print_eval(r)
+            if r.explanation is not None:
+                from ragconf.eval.explain import format_explanation
+
+                typer.echo("\n".join(format_explanation(r.explanation)))
     if failed:
         raise typer.Exit(4)
 

@@ -54,7 +54,7 @@ class EvalResult:
             "run_id": self.run_id,
             "user": self.user,
             "queries": self.queries,
-        }
+        } | ({"explain": self.explanation.to_dict()} if self.explanation is not None else {})
 
 
 def _dataset(path: str | None, split: str) -> tuple[dict[str, str], dict[str, dict[str, int]], Path]:

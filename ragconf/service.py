@@ -407,9 +407,12 @@ class RagService:
         user: str | None = None,
         progress: Callable[[int, int], None] | None = None,
         parent_run_id: str | None = None,
+        explain: float | None = None,
     ) -> Any:
         """The configured evaluation set through the pipeline, tracked as an ``eval`` run (with the dataset
-        fingerprint and ``eval.json``). Returns an :class:`ragconf.experiment.EvalResult`."""
+        fingerprint and ``eval.json``). Returns an :class:`ragconf.experiment.EvalResult`. ``explain``: a
+        threshold; every query with nDCG@10 below it is classified (:mod:`ragconf.eval.explain`) and the
+        counts are logged (``explain.*`` metrics, ``eval/explain.json``, the per-query table's ``failure``)."""
         from ragconf.eval.report import log_eval_report
         from ragconf.experiment import preflight, run_eval
 
@@ -421,6 +424,10 @@ class RagService:
             tracker.parent_run_id = parent_run_id
         try:
             result = run_eval(self.rag, user=user, progress=progress)
+            if explain is not None:
+                from ragconf.eval.explain import explain as explain_failures
+
+                explain_failures(self.rag, result, threshold=explain)
         except BaseException as exc:
             if parent_run_id is not None:  # a sweep shows the child that failed, and why
                 with contextlib.suppress(BaseException), self._start("eval") as run:
@@ -446,6 +453,9 @@ class RagService:
             run.log_dict(result.to_dict(), "eval.json")
             # the evaluation set as a dataset input, the per-query table and plots (ragconf.eval.report)
             log_eval_report(run, result, digest=digest, split=self.rag.spec.eval.split)
+            if result.explanation is not None:
+                run.log_metrics(result.explanation.metrics())
+                run.log_dict(result.explanation.to_dict(), "eval/explain.json")
             run.log_query_traces(self._query_traces(result))
             result.run_id = str(run.run_id) if run.run_id else None
         return result

@@ -150,3 +150,24 @@ def test_policy_test_and_eval_cli(tmp_path: Path) -> None:
     proc = run_cli("policy", "eval", "ragconf.access.allow", "--input", str(inp), cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert json.loads(proc.stdout) is False
+
+
+def test_explain_classifies_the_queries_below_the_threshold(scifact_dir: Path) -> None:
+    """On the SciFact slice (hybrid: BM25 + dense, RRF to 10) two queries score below nDCG@10 0.5: one whose
+    relevant abstract dense retrieval ranks first but fusion drops (BM25 misses it), one ranked 6th."""
+    proc = run_cli("eval", *BEIR, "--explain", "--threshold", "0.5", cwd=scifact_dir)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "explain: 2 of 40 queries below nDCG@10 0.5" in proc.stdout
+    assert re.search(r"query 1 \(nDCG@10 0\.000\) doc 31715818: dense rank \d+; not kept by fusion", proc.stdout)
+    assert "query 13 (nDCG@10 0.356) doc 1606628: rank 6 in the pipeline's output" in proc.stdout
+
+    # a BM25-only pipeline cut to 3: what BM25 finds deeper is ranked below the cutoff, not "not retrieved"
+    bm25 = [*BEIR, "pipeline=bm25", "pipeline.components.bm25.params.top_k=3", "eval.max_queries=20"]
+    proc = run_cli("eval", *bm25, "--explain", "--json", cwd=scifact_dir)
+    assert proc.returncode in (0, 4), proc.stdout + proc.stderr
+    exp = json.loads(proc.stdout)["explain"]
+    below = [f for f in exp["failures"] if f["category"] == "ranked_below_cutoff"]
+    assert below and all(re.fullmatch(r"bm25 rank (\d+) \(top_k 3\)", f["detail"]) for f in below)
+    assert all(int(re.findall(r"rank (\d+)", f["detail"])[0]) > 3 for f in below)
+    assert exp["counts"]["dropped_by_fusion"] == 0  # one retriever, nothing to fuse
+    assert sum(exp["counts"].values()) == exp["below_threshold"] == len(exp["failures"])
