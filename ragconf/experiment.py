@@ -6,9 +6,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ragconf.errors import EvalError, SpecError
+
+if TYPE_CHECKING:
+    from ragconf.eval.judge import AnswerJudge
 
 __all__ = ["EvalResult", "preflight", "run_eval"]
 
@@ -35,6 +38,8 @@ class EvalResult:
     per_query: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)
     # every evaluated query's judgements as the evaluation set has them (all documents, for the dataset input)
     judgements: dict[str, dict[str, int]] = field(default_factory=dict, repr=False)
+    # query id -> the judge's verdicts on its answer (``eval.judge``), or why it was not judged
+    judged: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     # query id -> failure category, filled by ragconf.eval.explain (``eval --explain``)
     failures: dict[str, str] = field(default_factory=dict, repr=False)
     explanation: Any = field(default=None, repr=False)
@@ -190,6 +195,12 @@ def run_eval(rag: Any, *, user: str | None = None, progress: Any = None) -> Eval
     if not qids:
         raise EvalError(f"no query in {root}/queries.jsonl has judgements in qrels/{spec.split}.tsv")
     references = _answers(root, spec.answers)
+    judge = None
+    if spec.judge is not None:
+        from ragconf.eval.judge import AnswerJudge
+
+        judge = AnswerJudge(spec.judge)
+    verdicts: dict[str, dict[str, Any]] = {}
     uid = user or spec.user or rag.spec.identity.default_user or "anonymous"
     principal = rag.principal(uid)
     judged = {d for q in qids for d in qrels[q]}
@@ -218,13 +229,16 @@ def run_eval(rag: Any, *, user: str | None = None, progress: Any = None) -> Eval
             # chunk -> document: keep the best rank; scores strictly decreasing in rank
             scores.setdefault(did, float(n - rank))
         run[qid] = scores
-        if qid in references:
+        if qid in references or judge is not None:
             ans = rag.ask(queries[qid], uid)
             embedding_calls += _embeds(ans.trace)
             for k, v in ans.usage.items():
                 tokens[k] = tokens.get(k, 0) + v
-            overlap_f1.append(reference_overlap(ans.answer, references[qid])["f1"])
-            cite_prec.append(citation_precision(ans.answer, [d["content"] for d in ans.documents]))
+            if qid in references:
+                overlap_f1.append(reference_overlap(ans.answer, references[qid])["f1"])
+                cite_prec.append(citation_precision(ans.answer, [d["content"] for d in ans.documents]))
+            if judge is not None:
+                verdicts[qid] = _judge_answer(rag, judge, principal, queries[qid], ans)
         if progress is not None:
             progress(i + 1, len(qids))
     visible_qrels = {q: {d: r for d, r in qrels[q].items() if d in visible} for q in qids}
@@ -241,6 +255,8 @@ def run_eval(rag: Any, *, user: str | None = None, progress: Any = None) -> Eval
     if overlap_f1:
         metrics["answer_f1"] = sum(overlap_f1) / len(overlap_f1)
         metrics["citation_precision"] = sum(cite_prec) / len(cite_prec)
+    if judge is not None:
+        metrics.update(_judge_metrics(verdicts, spec.judge.metrics))
     per_persona: dict[str, dict[str, float]] = {}
     forbidden = _forbidden(root, spec.forbidden)
     total_leak = total_truth = 0
@@ -296,7 +312,38 @@ def run_eval(rag: Any, *, user: str | None = None, progress: Any = None) -> Eval
     )
     result.per_query = per_query(visible_qrels, {q: run[q] for q in visible_qrels})
     result.judgements = {q: dict(qrels[q]) for q in qids}
+    result.judged = verdicts
     return result
+
+
+def _judge_answer(rag: Any, judge: AnswerJudge, principal: Any, question: str, ans: Any) -> dict[str, Any]:
+    """The judge's verdicts on one answer, if the routing policy lets its passages go to the judge (the judge
+    is routed like a generator profile; a refusal or another profile's choice means it is not judged)."""
+    from types import SimpleNamespace
+
+    if ans.refused:
+        return {"skipped": "refused"}
+    docs = [SimpleNamespace(meta=d.get("meta") or {}) for d in ans.documents]
+    request = {"query": question, "action": "judge", "profile": "judge"}
+    route = rag.policy.route(principal, request, docs, [judge.profile()])
+    if route.refused or route.profile != "judge":
+        return {"skipped": "policy", "reason": route.reason, "decision_id": route.decision_id}
+    verdict = judge.judge(question, ans.answer, [str(d.get("content") or "") for d in ans.documents])
+    return verdict.to_dict() | {"decision_id": route.decision_id}
+
+
+def _judge_metrics(judged: dict[str, dict[str, Any]], wanted: list[str]) -> dict[str, float]:
+    """Means of the judged metrics over the answers the judge could score, and the judge's counters."""
+    out: dict[str, float] = {}
+    for name in wanted:
+        vals = [float(v[name]) for v in judged.values() if v.get(name) is not None]
+        if vals:  # no verdict at all: no metric (a gate on it then names the missing metric)
+            out[f"judge_{name}"] = sum(vals) / len(vals)
+    out["judge_answers"] = float(sum(1 for v in judged.values() if "skipped" not in v))
+    out["judge_skipped_by_policy"] = float(sum(1 for v in judged.values() if v.get("skipped") == "policy"))
+    out["judge_calls"] = float(sum(int(v.get("calls", 0)) for v in judged.values()))
+    out["judge_errors"] = float(sum(int(v.get("errors", 0)) for v in judged.values()))
+    return out
 
 
 def _docs_by_id(rag: Any, ans: Any, cited: set[str]) -> list[Any]:

@@ -453,6 +453,8 @@ class RagService:
             run.log_dict(result.to_dict(), "eval.json")
             # the evaluation set as a dataset input, the per-query table and plots (ragconf.eval.report)
             log_eval_report(run, result, digest=digest, split=self.rag.spec.eval.split)
+            if result.judged:  # the judge's verdict counts per query (no rationale: it may quote passages)
+                run.log_dict(result.judged, "eval/judge.json")
             if result.explanation is not None:
                 run.log_metrics(result.explanation.metrics())
                 run.log_dict(result.explanation.to_dict(), "eval/explain.json")
@@ -467,14 +469,21 @@ class RagService:
             text = result.query_texts.get(qid, "")
             inputs, outputs = self.trace_content(text, False, document_ids=result.retrieved.get(qid, []))
             inputs.pop("user", None)
-            out.append(
-                {
-                    "spans": spans_,
-                    "tags": {"ragconf.query_id": str(qid), "ragconf.user": result.user},
-                    "inputs": {"query_id": qid, **inputs},
-                    "outputs": outputs,
-                }
-            )
+            trace: dict[str, Any] = {
+                "spans": spans_,
+                "tags": {"ragconf.query_id": str(qid), "ragconf.user": result.user},
+                "inputs": {"query_id": qid, **inputs},
+                "outputs": outputs,
+            }
+            verdicts = {
+                k: v
+                for k, v in (result.judged.get(qid) or {}).items()
+                if k in ("faithfulness", "citation_correctness", "answer_relevance") and v is not None
+            }
+            if verdicts:  # the judge's scores as LLM_JUDGE assessments on the query's trace
+                judge = self.rag.spec.eval.judge
+                trace["judge"] = {"verdicts": verdicts, "model": judge.model if judge else "judge"}
+            out.append(trace)
         return out
 
     def reproduce(self, run_id: str) -> dict[str, Any]:

@@ -54,6 +54,10 @@ def per_query_table(result: Any) -> dict[str, list[Any]]:
     table["latency_ms"] = [round(float(result.latency_ms.get(q, 0.0)), 3) for q in qids]
     table["retrieved_ids"] = [list(result.retrieved.get(q, [])) for q in qids]
     table["failure"] = [result.failures.get(q) for q in qids]
+    if result.judged:  # eval.judge: the judge's scores of each query's answer (null: not judged)
+        for name in ("faithfulness", "citation_correctness", "answer_relevance"):
+            table[f"judge_{name}"] = [(result.judged.get(q) or {}).get(name) for q in qids]
+        table["judge_skipped"] = [(result.judged.get(q) or {}).get("skipped") for q in qids]
     return table
 
 

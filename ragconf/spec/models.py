@@ -21,6 +21,7 @@ __all__ = [
     "GeneratorSpec",
     "IdentitySpec",
     "IndexingSpec",
+    "JudgeSpec",
     "PipelineSpec",
     "PolicySpec",
     "ProjectSpec",
@@ -275,6 +276,35 @@ class TrackingSpec(_Strict):
     trace_content: Literal["ids", "redacted", "full"] = "ids"
 
 
+JudgeMetric = Literal["faithfulness", "citation_correctness", "answer_relevance"]
+JUDGE_METRICS: tuple[JudgeMetric, ...] = ("faithfulness", "citation_correctness", "answer_relevance")
+
+
+class JudgeSpec(_Strict):
+    """An OpenAI-compatible judge model for answer metrics (MLflow GenAI judges), configured like the generator.
+
+    The judge sees the question, the answer and the passages the answer cites, so it is routed by the routing
+    policy like a generator profile: answers built on confidential or restricted passages are judged only by a
+    ``locality: local`` judge (the others are counted as ``judge_skipped_by_policy``)."""
+
+    #: Model name sent to the endpoint.
+    model: str = Field(min_length=1)
+    #: API base of the OpenAI-compatible endpoint (``.../v1``); ``/chat/completions`` is appended.
+    base_url: str = Field(min_length=1, pattern=r"^https?://")
+    #: Environment variable holding the API key (sent as a bearer token); null for an endpoint without keys.
+    api_key_env: str | None = "OPENAI_API_KEY"
+    #: How the routing policy sees the judge (like a generator profile's locality/provider/region).
+    locality: Literal["local", "remote"] = "remote"
+    provider: str = "openai"
+    region: str | None = None
+    #: Seconds per judge call.
+    timeout_s: float = Field(60.0, gt=0)
+    #: Answer sentences judged per answer (the rest are not judged; bounds the calls).
+    max_sentences: int = Field(20, gt=0)
+    #: Which judged metrics to compute.
+    metrics: list[JudgeMetric] = Field(default_factory=lambda: list(JUDGE_METRICS), min_length=1)
+
+
 class EvalSpec(_Strict):
     name: str = "none"
     path: str | None = None
@@ -290,6 +320,8 @@ class EvalSpec(_Strict):
     #: Ground truth of what each persona must never see (JSONL: {"user", "doc_ids", "canaries"}), independent of
     #: the policy; `leakage` counts retrieved/cited forbidden documents and canary strings in answers.
     forbidden: str | None = None
+    #: Judged answer metrics through an OpenAI-compatible judge model (null: only the offline lexical metrics).
+    judge: JudgeSpec | None = None
 
 
 class ApiKeySpec(_Strict):

@@ -349,12 +349,24 @@ class RunHandle:
     def log_query_traces(self, traces: list[dict[str, Any]]) -> int:
         """One MLflow trace per evaluated query (``{"spans", "tags", "inputs", "outputs"}``), linked to this
         run. Returns how many were written."""
+        from ragconf.tracking.traces import log_judge_feedback
+
         written = 0
         for t in traces:
             tid = self._safe(
                 "logging a trace", self._native_trace, t["spans"], t.get("inputs"), t.get("outputs"), t.get("tags")
             )
             written += tid is not None
+            judged = t.get("judge") or {}
+            if tid is not None and judged.get("verdicts"):
+                self._safe(
+                    "logging judge assessments",
+                    log_judge_feedback,
+                    self._tracker.uri,
+                    tid,
+                    judged["verdicts"],
+                    model=str(judged.get("model")),
+                )
         return written
 
     def _native_trace(self, spans: list[dict[str, Any]], inputs: Any, outputs: Any, tags: Any) -> str | None:

@@ -123,3 +123,24 @@ def log_feedback(uri: str, trace_id: str, *, rating: int, comment: str, user: st
             rationale=comment or None,
         )
     return str(assessment.assessment_id)
+
+
+def log_judge_feedback(uri: str, trace_id: str, verdicts: Mapping[str, float], *, model: str) -> int:
+    """The judge model's scores of an evaluated answer as MLflow assessments (feedback ``judge_<metric>``,
+    source LLM_JUDGE/model) on the query's trace. Returns how many were logged."""
+    import mlflow
+    from mlflow.entities import AssessmentSource
+
+    n = 0
+    with _LOCK:
+        if mlflow.get_tracking_uri() != uri:
+            mlflow.set_tracking_uri(uri)
+        for name, value in verdicts.items():
+            mlflow.log_feedback(
+                trace_id=trace_id,
+                name=f"judge_{name}",
+                value=float(value),
+                source=AssessmentSource(source_type="LLM_JUDGE", source_id=model),
+            )
+            n += 1
+    return n
