@@ -37,7 +37,7 @@ _FRONT_MATTER = re.compile(r"\A---[ \t]*\n(.*?)\n(?:---|\.\.\.)[ \t]*(?:\n|\Z)",
 #: A line that looks like an access key, in text that did not yield front matter (unparsed metadata must never
 #: leave a document looking unlabeled, so that defaults would apply to it).
 _ACCESS_LINE = re.compile(
-    r"^[^\w\n]*(acl[^\w\n]?groups?|tenant|classification)[^\w\n]*[ \t]*[:=]", re.IGNORECASE | re.MULTILINE
+    r"^[^\w\n]*(acl(?:[^\w\n]|_)?groups?|tenant|classification)[^\w\n]*[ \t]*[:=]", re.IGNORECASE | re.MULTILINE
 )
 
 
@@ -54,6 +54,8 @@ class SourceDocument:
     #: sha256 of the exact bytes the text and metadata were read from (files only): the indexing pipeline's
     #: ``sources`` input reads the file again and refuses bytes that changed since (docs/ingest.md).
     raw_sha256: str | None = None
+    #: Whether the document carried access fields itself (False: the corpus defaults, or public by opt-in).
+    labeled: bool = True
 
     @property
     def content_hash(self) -> str:
@@ -135,7 +137,19 @@ def _front_matter(raw: str, where: str) -> tuple[str, dict[str, Any]]:
         loaded = {}
     if not isinstance(loaded, dict):
         raise IngestError(f"{where}: front matter must be a mapping of keys to values")
-    return body[m.end() :], loaded
+    rest = body[m.end() :]
+    if not any(isinstance(k, str) and _ACCESS_LINE.match(f"{k}:") for k in loaded):
+        # front matter without access keys: access lines further down (a second front matter block, a
+        # 'Classification: restricted' header) would otherwise leave the document looking unlabeled
+        head = "\n".join(rest.lstrip().split("\n", 40)[:40])
+        hit = _ACCESS_LINE.search(head)
+        if hit:
+            raise IngestError(
+                f"{where}: '{hit.group(0).strip()}' looks like access metadata after the front matter, "
+                "which holds no access field",
+                hint="put access fields in the first front matter block (--- ... ---) or in a sidecar",
+            )
+    return rest, loaded
 
 
 def _read_utf8(path: Path, data: bytes | None = None) -> str:
@@ -391,19 +405,35 @@ def _reject_lookalikes(meta: dict[str, Any], fields: dict[str, str | None], wher
             if n:
                 base = _norm(n.split(".")[-1])
                 names |= {base, base.rstrip("s"), base.replace("_", "")}
-    for key in meta:
-        if key in exact:
-            continue
-        norm = _norm(key)
-        if norm in names or norm.rstrip("s") in names or norm.replace("_", "") in names:
-            raise IngestError(f"{where}: the key '{key}' looks like an access field but is not one this corpus reads")
-        close = difflib.get_close_matches(norm, sorted(names), n=1, cutoff=0.85)
-        if close and len(norm) >= 5:
-            raise IngestError(f"{where}: the key '{key}' looks like the access field '{close[0]}' (a typo?)")
+
+    def walk(value: Any, path: str, depth: int) -> None:
+        if isinstance(value, list):
+            for item in value:
+                walk(item, path, depth)
+            return
+        if not isinstance(value, dict):
+            return
+        for key, inner in value.items():
+            if depth == 0 and key in exact:
+                continue
+            name = f"{path}{key}"
+            norm = _norm(str(key))
+            if norm in names or norm.rstrip("s") in names or norm.replace("_", "") in names:
+                nested = " (nested access fields are not read: put them at the top level)" if depth else ""
+                raise IngestError(
+                    f"{where}: the key '{name}' looks like an access field but is not one this corpus reads{nested}"
+                )
+            close = difflib.get_close_matches(norm, sorted(names), n=1, cutoff=0.85)
+            if close and len(norm) >= 5:
+                raise IngestError(f"{where}: the key '{name}' looks like the access field '{close[0]}' (a typo?)")
+            walk(inner, name + ".", depth + 1)
+
+    walk(meta, "", 0)
 
 
 def _document_meta(raw: dict[str, Any], access: Any, where: str, errors: list[SourceError], doc_id: str) -> Any:
-    """Validated metadata for one document, or None when it was rejected or quarantined (reported)."""
+    """(validated metadata, whether it carried access fields itself) for one document, or None when it was
+    rejected or quarantined (reported)."""
     try:
         acc, rest, labeled = split_access(raw, access, where)
         flat = _flatten(rest)
@@ -426,7 +456,7 @@ def _document_meta(raw: dict[str, Any], access: Any, where: str, errors: list[So
             )
         )
         return None
-    return {**flat, **acc}
+    return {**flat, **acc}, labeled
 
 
 def iter_source(spec: Any, access: Any, errors: list[SourceError]) -> Iterator[SourceDocument]:
@@ -471,11 +501,11 @@ def iter_source(spec: Any, access: Any, errors: list[SourceError]) -> Iterator[S
         except Exception as exc:  # any parser failure: report the file, keep going
             errors.append(SourceError(str(path), f"cannot read: {type(exc).__name__}: {exc}", rel))
             continue
-        doc_meta = _document_meta(meta, access, str(path), errors, rel)
-        if doc_meta is None:
+        checked = _document_meta(meta, access, str(path), errors, rel)
+        if checked is None:
             continue
         digest = hashlib.sha256(data).hexdigest()
-        yield SourceDocument(rel, normalize(text), title, str(path), doc_meta, fmt, str(path), digest)
+        yield SourceDocument(rel, normalize(text), title, str(path), checked[0], fmt, str(path), digest, checked[1])
 
 
 def _iter_beir(root: Path, access: Any, errors: list[SourceError]) -> Iterator[SourceDocument]:
@@ -492,8 +522,8 @@ def _iter_beir(root: Path, access: Any, errors: list[SourceError]) -> Iterator[S
         if not isinstance(raw, dict):
             errors.append(SourceError(where, f"'metadata' must be an object, got {_json_type(raw)}", doc_id))
             continue
-        doc_meta = _document_meta(raw, access, where, errors, doc_id)
-        if doc_meta is None:
+        checked = _document_meta(raw, access, where, errors, doc_id)
+        if checked is None:
             continue
         title, text = row.get("title"), row.get("text")
         yield SourceDocument(
@@ -501,9 +531,10 @@ def _iter_beir(root: Path, access: Any, errors: list[SourceError]) -> Iterator[S
             normalize(text if isinstance(text, str) else ""),
             title if isinstance(title, str) else "",
             root.name,
-            doc_meta,
+            checked[0],
             "beir",
             where,
+            labeled=checked[1],
         )
 
 

@@ -176,6 +176,22 @@ def _ingest(
         store.delete_docs(corpus, gone)
         summary.withdrawn = sorted(d for d in gone if d in rejected)
         summary.deleted = len(gone) - len(summary.withdrawn)
+    # a document that lost its own access labels would silently take the corpus defaults (or become public):
+    # it is withdrawn instead, and stays withdrawn (a tombstone) until it carries labels again
+    delabeled = _delabeled(store, corpus, docs, stored)
+    if delabeled:
+        store.replace_docs(corpus, [(d, TOMBSTONE + stored[d].removeprefix(TOMBSTONE), []) for d in delabeled])
+        for d in delabeled:
+            doc = docs.pop(d)
+            summary.errors.append(
+                SourceError(
+                    doc.origin or doc.source,
+                    "lost its access metadata (the indexed version had its own labels, which the corpus defaults "
+                    "would replace): withdrawn until it is labeled again (write the defaults' values to keep them)",
+                    d,
+                )
+            )
+        summary.withdrawn = sorted({*summary.withdrawn, *delabeled})
     todo = []
     for doc_id, doc in docs.items():
         h = pipeline.doc_hash(doc.content_hash)  # the default pipeline: the content hash itself
@@ -236,6 +252,33 @@ def _ingest(
             progress(min(i + batch_docs, total), total)
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+#: Hash prefix of a withdrawn document's row (no chunks): it lost its access labels and stays out of the index
+#: until its source carries labels again.
+TOMBSTONE = "withdrawn-unlabeled:"
+
+
+def _delabeled(store: Any, corpus: str, docs: dict[str, SourceDocument], stored: dict[str, str]) -> list[str]:
+    """Unlabeled documents (defaults or public) whose indexed version had other access fields, or that are
+    already withdrawn for losing their labels."""
+    from ragconf.access import ACCESS_FIELDS
+
+    candidates = [d for d, doc in docs.items() if not doc.labeled and d in stored]
+    out = [d for d in candidates if stored[d].startswith(TOMBSTONE)]
+    check = [d for d in candidates if d not in out]
+    if not check:
+        return out
+    chunks = store.filter_documents({"field": "meta.doc_id", "operator": "in", "value": check})
+    before: dict[str, dict[str, Any]] = {}
+    for c in chunks:
+        meta = c.meta or {}
+        before.setdefault(str(meta.get("doc_id")), {f: meta.get(f) for f in ACCESS_FIELDS})
+    for d in check:
+        now = {f: docs[d].meta.get(f) for f in ACCESS_FIELDS}
+        if d in before and before[d] != now:
+            out.append(d)
+    return sorted(out)
 
 
 def _embed(items: list[Any], embed_fn: Callable[[list[str]], Any], text_of: Any, summary: Any) -> None:

@@ -568,3 +568,67 @@ def test_red_team_pdf_beir_attributes_duplicates(tmp_path: Path) -> None:
     code, summary = _ingest(tmp_path, "corpus=beir", f"corpus.path={b}")
     assert code == 1 and summary["added"] == 1, summary  # row 5 only
     assert len(summary["errors"]) == 4, summary["errors"]
+
+
+def _visible_ids(work: Path, args: tuple[str, ...], user: str) -> set[str]:
+    rag = RagApp.from_overrides(_overrides(work, *args))
+    try:
+        found, _, _ = rag.retrieve(COMMON, rag.principal(user), top_k=50)
+        return {x.meta["doc_id"] for x in found}
+    finally:
+        rag.close()
+
+
+def test_with_defaults_nested_or_late_labels_are_rejected_not_defaulted(tmp_path: Path) -> None:
+    """A corpus with access.defaults (as `ragconf init` writes): labels the reader does not take (nested under
+    another key, in a second front matter block, a header line after front matter) must reject the document,
+    never leave it looking unlabeled so that the defaults apply."""
+    write_users(tmp_path / "users")
+    d = tmp_path / "docs"
+    d.mkdir()
+    (d / "nested.md").write_text("---\nmeta: {acl_groups: [hr], classification: restricted}\n---\nzebrafinch n.\n")
+    (d / "deep.md").write_text("---\nextra: [{info: {tenant: globex}}]\n---\nzebrafinch d.\n")
+    (d / "second.md").write_text("---\ntitle: x\n---\n---\nacl_groups: [hr]\n---\nzebrafinch s.\n")
+    (d / "header.txt").write_text("---\ntitle: y\n---\nClassification: restricted\nzebrafinch h.\n")
+    (d / "plain.md").write_text("---\ntitle: ok\nauthor: {name: kim}\n---\nzebrafinch plain.\n")
+    args = ("corpus=files", f"corpus.path={d}", "+corpus.access.defaults={tenant: acme, classification: internal}")
+    code, summary = _ingest(tmp_path, *args)
+    assert code == 1 and summary["added"] == 1, summary
+    assert _where_ids(summary["errors"]) == {"nested.md", "deep.md", "second.md", "header.txt"}
+    assert any("nested.md" in e and "meta.acl_groups" in e for e in summary["errors"])
+    assert _visible_ids(tmp_path, args, "all_acme") == {"plain.md"}
+
+
+def test_losing_labels_under_defaults_withdraws_until_labeled_again(tmp_path: Path) -> None:
+    """docs/ingest.md: a document that lost its access metadata is withdrawn, not re-indexed under the
+    corpus defaults (which would widen who sees it); it stays out until it carries labels again."""
+    write_users(tmp_path / "users")
+    d = tmp_path / "docs"
+    d.mkdir()
+    (d / "page.md").write_text("---\ntenant: acme\nacl_groups: [hr]\nclassification: restricted\n---\nzebrafinch p.\n")
+    (d / "same.md").write_text("---\ntenant: acme\nclassification: internal\n---\nzebrafinch s.\n")
+    (d / "pdfside.pdf").write_bytes(minimal_pdf("zebrafinch pdf body"))
+    (d / "pdfside.pdf.meta.yaml").write_text("tenant: acme\nacl_groups: [hr]\n")
+    args = ("corpus=files", f"corpus.path={d}", "+corpus.access.defaults={tenant: acme, classification: internal}")
+    code, first = _ingest(tmp_path, *args)
+    assert code == 0 and first["added"] == 3, first
+    assert _visible_ids(tmp_path, args, "eng_acme") == {"same.md"}  # not in hr
+    # labels removed: the sidecar deleted, the front matter stripped; same.md keeps values equal to the defaults
+    (d / "pdfside.pdf.meta.yaml").unlink()
+    (d / "page.md").write_text("zebrafinch p, labels gone.\n")
+    (d / "same.md").write_text("zebrafinch s, labels gone too.\n")
+    code, second = _ingest(tmp_path, *args, strict=True)
+    assert code == 1 and second["withdrawn"] == ["page.md", "pdfside.pdf"], second
+    assert second["updated"] == 1  # same.md: its access does not change
+    assert sum("lost its access metadata" in e for e in second["errors"]) == 2
+    assert _visible_ids(tmp_path, args, "eng_acme") == {"same.md"}
+    # still unlabeled on the next runs (even edited): still withdrawn, never served under the defaults
+    (d / "page.md").write_text("zebrafinch p, edited, still without labels.\n")
+    code, third = _ingest(tmp_path, *args)
+    assert third["withdrawn"] == ["page.md", "pdfside.pdf"] and third["added"] == 0, third
+    assert _visible_ids(tmp_path, args, "eng_acme") == {"same.md"}
+    # labeled again (even with the defaults' values): indexed
+    (d / "page.md").write_text("---\ntenant: acme\nclassification: internal\n---\nzebrafinch p relabeled.\n")
+    code, fourth = _ingest(tmp_path, *args)
+    assert code == 1 and fourth["withdrawn"] == ["pdfside.pdf"], fourth
+    assert _visible_ids(tmp_path, args, "eng_acme") == {"same.md", "page.md"}
