@@ -344,6 +344,15 @@ class RagApp:
             )
         passages = docs[: max(0, int(out_rules.max_passages))] if out_rules.max_passages else docs
         records = [_doc_record(d) for d in passages]
+        if out_rules.redact_pii:
+            # the passages travel with the answer (ask --json, the SSE documents event, chat citations): what
+            # the output policy removes from the answer must not be readable next to it. The generator still
+            # gets the stored text; its output is redacted below.
+            from ragconf.policy.redact import redact
+
+            with spans.span("policy.redaction.documents", passages=len(records)):
+                for rec in records:
+                    rec["content"], _ = redact(rec["content"] or "")
         if on_documents is not None:
             rules = {"redact_pii": bool(out_rules.redact_pii), "require_citations": bool(out_rules.require_citations)}
             on_documents(records, rules)

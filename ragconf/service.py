@@ -265,7 +265,7 @@ class RagService:
             def on_documents_cb(records: list[dict[str, Any]], rules: dict[str, bool]) -> None:
                 assert gate is not None
                 gate.redact = bool(rules.get("redact_pii"))
-                emit("documents", {"documents": records})
+                emit("documents", {"documents": records, "rules": dict(rules)})
 
             def on_delta_cb(text: str) -> None:  # a function: Haystack deep-copies inputs, functions stay shared
                 assert gate is not None

@@ -27,7 +27,7 @@ from typing import Any
 
 from ragconf.errors import PolicyError
 
-__all__ = ["ENTITIES", "needs_analysis", "redact"]
+__all__ = ["ENTITIES", "needs_analysis", "redact", "warm_up"]
 
 #: Entity types masked in answers.
 ENTITIES = ("EMAIL_ADDRESS", "PHONE_NUMBER", "PERSON", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS")
@@ -102,6 +102,13 @@ def _load() -> tuple[Any, Any]:
             _engines["analyzer"] = AnalyzerEngine(nlp_engine=nlp, supported_languages=["en"])
             _engines["anonymizer"] = AnonymizerEngine()
     return _engines["analyzer"], _engines["anonymizer"]
+
+
+def warm_up() -> None:
+    """Load the spaCy model and Presidio now (a server's start), so the first answer that needs redaction
+    does not pay seconds of model loading inside its request timeout. Raises PolicyError without Presidio."""
+    analyzer, _ = _load()
+    analyzer.analyze(text="Mail jane@example.com", language="en", entities=list(ENTITIES))
 
 
 def _decide(text: str) -> str:

@@ -298,12 +298,18 @@ class ServerState:
         rag.embedder.embed(["warm up"])
         rag.retrieval  # noqa: B018
         for name in rag.profiles:
-            rag.generation(name)
+            stage = rag.generation(name)
+            try:  # the generators' clients too (the OpenAI SDK import alone takes seconds on a cold start)
+                stage.pipeline.warm_up()
+            except RagconfError as exc:  # e.g. a profile's API key is not set: its requests will say so
+                print(
+                    f"warning: generator profile '{name}' did not warm up: {str(exc).splitlines()[0]}", file=sys.stderr
+                )
         self.service.tracker  # noqa: B018
         with contextlib.suppress(Exception):  # PII redaction models, when installed
-            from ragconf.policy.redact import redact
+            from ragconf.policy.redact import warm_up
 
-            redact("warm up")
+            warm_up()
 
 
 def _error_from(exc: BaseException) -> ApiError:

@@ -20,6 +20,9 @@ from tests.server.conftest import Server, make_world, start, stop
 from tests.server.test_endpoints import sse_events
 
 TOKENS = ["The ", "office ", "opens ", "at ", "8:00 ", "[1]."]
+# an e-mail address split across tokens, in a cited sentence, then a second sentence
+PII_TOKENS = ["Page ", "jane", ".doe@", "exam", "ple.com ", "before ", "failover [1]. ", "Then ", "promote [1]."]
+NOCITE_TOKENS = ["Fail ", "over ", "when ", "the ", "primary ", "is ", "down."]
 
 
 class _FakeStreamingOpenAI(BaseHTTPRequestHandler):
@@ -31,6 +34,7 @@ class _FakeStreamingOpenAI(BaseHTTPRequestHandler):
         prompt = json.dumps(body.get("messages"))
         if "SLOWLY" in prompt:
             time.sleep(6)
+        tokens = PII_TOKENS if "PIIPLEASE" in prompt else NOCITE_TOKENS if "NOCITE" in prompt else TOKENS
         base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": 1, "model": "fake"}
         if not body.get("stream"):
             payload = json.dumps(
@@ -41,7 +45,7 @@ class _FakeStreamingOpenAI(BaseHTTPRequestHandler):
                         {
                             "index": 0,
                             "finish_reason": "stop",
-                            "message": {"role": "assistant", "content": "".join(TOKENS)},
+                            "message": {"role": "assistant", "content": "".join(tokens)},
                         }
                     ],
                     "usage": {"prompt_tokens": 50, "completion_tokens": 6, "total_tokens": 56},
@@ -56,7 +60,7 @@ class _FakeStreamingOpenAI(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.end_headers()
-        for i, tok in enumerate(TOKENS):
+        for i, tok in enumerate(tokens):
             delta = {"role": "assistant", "content": tok} if i == 0 else {"content": tok}
             chunk = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
             self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
@@ -68,8 +72,7 @@ class _FakeStreamingOpenAI(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
-@pytest.fixture(scope="module")
-def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def _llm_server(tmp_path_factory: pytest.TempPathFactory, *extra: str) -> Iterator[Server]:
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _FakeStreamingOpenAI)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     work = tmp_path_factory.mktemp("serve-llm")
@@ -82,6 +85,7 @@ def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         "+generator.components.llm.params.max_retries=0",
         "serve.request_timeout_s=3",
         "serve.threads=2",
+        *extra,
     ]
     srv = start(work, keys, overrides)
     try:
@@ -90,6 +94,64 @@ def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         stop(srv)
         httpd.shutdown()
         httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    yield from _llm_server(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def local_llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The same OpenAI-compatible generator declared local (e.g. a vLLM on the premises): the routing policy
+    lets confidential passages reach it, and the output policy requires redaction and citations."""
+    yield from _llm_server(tmp_path_factory, "generator.locality=local", "serve.request_timeout_s=60")
+
+
+FAILOVER_Q = "When should we fail over the primary database?"
+
+
+def _stream(srv: Server, question: str, user: str) -> list[tuple[str, Any]]:
+    with httpx.stream(
+        "POST", srv.url + "/v1/ask", json={"question": question, "stream": True}, headers=srv.headers(user), timeout=30
+    ) as r:
+        assert r.status_code == 200, r.read()
+        return sse_events(r)
+
+
+def test_pii_split_across_tokens_never_leaves_unredacted(local_llm_server: Server) -> None:
+    """alice's failover answer uses the confidential runbook, so the output policy requires PII redaction: an
+    e-mail address the model emits across four tokens is redacted before any delta leaves the server (text is
+    held back to a sentence boundary), in the final event and in the JSON answer."""
+    events = _stream(local_llm_server, FAILOVER_Q + " PIIPLEASE", "alice")
+    docs = events[0][1]
+    assert events[0][0] == "documents" and docs["rules"]["redact_pii"] is True, docs
+    assert any(d["meta"]["classification"] == "confidential" for d in docs["documents"])
+    deltas = [d["text"] for n, d in events if n == "delta"]
+    streamed = "".join(deltas)
+    final = events[-1][1]
+    assert len(deltas) >= 2  # released sentence by sentence, not one blob at the end
+    for text in (streamed, final["answer"]):
+        assert "jane.doe" not in text and "example.com" not in text and "<EMAIL_ADDRESS>" in text, text
+    assert "EMAIL_ADDRESS" in final["redacted"] and final["citations"]
+    r = httpx.post(
+        local_llm_server.url + "/v1/ask",
+        json={"question": FAILOVER_Q + " PIIPLEASE"},
+        headers=local_llm_server.headers("alice"),
+        timeout=30,
+    )
+    assert r.status_code == 200 and "jane.doe" not in r.text and "<EMAIL_ADDRESS>" in r.json()["answer"]
+
+
+def test_uncited_answer_is_replaced_in_the_final_event(local_llm_server: Server) -> None:
+    """Citations are required: an answer without any is replaced, and the final event says so (replaced,
+    notice) so clients render the notice instead of the streamed text."""
+    from ragconf.runtime import NO_CITED_ANSWER
+
+    final = _stream(local_llm_server, FAILOVER_Q + " NOCITE", "alice")[-1]
+    assert final[0] == "final"
+    assert final[1]["replaced"] is True and final[1]["notice"] == NO_CITED_ANSWER
+    assert final[1]["answer"] == NO_CITED_ANSWER and final[1]["citations"] == []
 
 
 Q = "What are the office hours?"
