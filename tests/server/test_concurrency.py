@@ -39,7 +39,8 @@ def principals(server: Server) -> dict[str, dict]:
 
 def test_interleaved_concurrent_asks_never_mix(server: Server) -> None:
     rng = random.Random(11)
-    jobs = [(u, q) for u, q in itertools.product(PERSONAS, QUESTIONS)] * 4  # 128 requests
+    pairs = [(u, q) for u, q in itertools.product(PERSONAS, QUESTIONS)] * 8  # 256 requests: 200 asks
+    jobs = [(u, q, "/v1/ask" if i < 200 else "/v1/retrieve") for i, (u, q) in enumerate(pairs)]
     rng.shuffle(jobs)
     who = principals(server)
 
@@ -48,13 +49,12 @@ def test_interleaved_concurrent_asks_never_mix(server: Server) -> None:
         async with httpx.AsyncClient(base_url=server.url, timeout=120, limits=limits) as client:
             sem = asyncio.Semaphore(16)
 
-            async def one(user: str, question: str) -> tuple[str, str, httpx.Response]:
+            async def one(user: str, question: str, path: str) -> tuple[str, str, httpx.Response]:
                 async with sem:
-                    path = "/v1/ask" if rng.random() < 0.75 else "/v1/retrieve"
                     r = await client.post(path, json={"question": question}, headers=server.headers(user))
                     return user, path, r
 
-            return await asyncio.gather(*(one(u, q) for u, q in jobs))
+            return await asyncio.gather(*(one(u, q, p) for u, q, p in jobs))
 
     results = asyncio.run(run())
     run_ids = []
@@ -71,7 +71,7 @@ def test_interleaved_concurrent_asks_never_mix(server: Server) -> None:
         if path == "/v1/ask":
             assert {c["chunk_id"] for c in body["citations"]} <= {d["chunk_id"] for d in body["documents"]}
         run_ids.append(body["run_id"])
-    assert len(results) == 128
+    assert len(results) == 256 and sum(p == "/v1/ask" for _, p, _ in results) == 200
     assert len(set(run_ids)) == len(run_ids) and all(run_ids)
 
 

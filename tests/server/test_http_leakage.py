@@ -74,15 +74,22 @@ def test_answers_streams_and_chat_carry_no_foreign_canary(world: tuple[Server, d
     assert forbidden  # not vacuous: every persona is denied something in this corpus
     h = srv.headers(uid)
     bodies = []
+    statuses = []
     r = httpx.post(srv.url + "/v1/ask", json={"question": f"{COMMON} alpha"}, headers=h, timeout=60)
     bodies.append(r.text)
+    statuses.append(r.status_code)
     with httpx.stream(
         "POST", srv.url + "/v1/ask", json={"question": f"{COMMON} kilo", "stream": True}, headers=h, timeout=60
     ) as s:
         bodies.append("".join(s.iter_text()))
+        statuses.append(s.status_code)
     chat = {"model": "ragconf", "messages": [{"role": "user", "content": f"{COMMON} bravo delta"}]}
     r = httpx.post(srv.url + "/v1/chat/completions", json=chat, headers=h, timeout=60)
     bodies.append(r.text)
+    statuses.append(r.status_code)
+    # answered, or refused by the routing policy (403 with its reason): never an error that hides nothing
+    assert all(code in (200, 403) for code in statuses), (uid, statuses, bodies)
+    assert all('"refused":true' in b for code, b in zip(statuses, bodies, strict=True) if code == 403)
     for canary in forbidden:
         for body in bodies:
             assert canary not in body, (uid, canary)
