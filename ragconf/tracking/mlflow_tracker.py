@@ -900,10 +900,11 @@ def write_job(tracker: Tracker, job: Mapping[str, Any]) -> str | None:
 
 
 def flush_spool(tracker: Tracker) -> int:
-    """Write the runs short-lived CLI commands spooled in this tracker's working dir (before reading runs)."""
+    """Write the runs short-lived CLI commands spooled in this tracker's working dir (before reading runs), and
+    wait (at most the flush timeout) for the ones the writer process is still writing."""
     from ragconf.tracking.spool import drain
 
-    return drain(tracker.workdir)
+    return drain(tracker.workdir, wait_s=FLUSH_TIMEOUT_S)
 
 
 def _work() -> None:

@@ -79,8 +79,20 @@ def _claim(folder: Path) -> Path | None:
     return None
 
 
-def drain(workdir: str | Path, *, limit_s: float | None = None) -> int:
-    """Log every spooled run of ``workdir`` to MLflow (in this process). Returns how many were written."""
+def _in_flight(folder: Path) -> bool:
+    """Whether another live process is writing a run it claimed from ``folder``."""
+    for path in folder.iterdir():
+        pid = path.name.rsplit(CLAIM, 1)[1] if CLAIM in path.name else ""
+        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+            return True
+    return False
+
+
+def drain(workdir: str | Path, *, limit_s: float | None = None, wait_s: float = 0.0) -> int:
+    """Log every spooled run of ``workdir`` to MLflow (in this process). Returns how many were written.
+
+    ``wait_s``: then wait up to that long for runs another process (the writer) claimed and is still writing,
+    so a reader that drains first (``runs ...``, ``eval``, feedback) sees every run the CLI spooled, whole."""
     from ragconf.tracking.mlflow_tracker import Tracker, write_job
 
     folder = spool_dir(workdir)
@@ -108,6 +120,9 @@ def drain(workdir: str | Path, *, limit_s: float | None = None) -> int:
             with contextlib.suppress(OSError):
                 path.rename(failed)
             _log(folder, f"{failed.name}: {type(exc).__name__}: {exc}")
+    until = time.monotonic() + wait_s
+    while wait_s > 0 and time.monotonic() < until and _in_flight(folder):
+        time.sleep(0.05)
     return done
 
 
