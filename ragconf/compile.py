@@ -182,6 +182,15 @@ def _instantiate(name: str, spec: Any, prefix: str, ctx: BuildContext) -> tuple[
         raise
     except (TypeError, ValueError) as exc:
         raise CompileError(f"cannot create component '{name}' ({spec.type}): {exc}", key=key, source=source) from None
+    except ImportError as exc:  # Haystack's lazy imports: an optional dependency of the component is missing
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        missing = getattr(exc, "name", None)
+        raise CompileError(
+            f"component '{name}' ({spec.type}) needs a package that is not installed: {first}",
+            key=f"{key}.type",
+            source=source,
+            hint=f"pip install {missing}" if missing else "install the package the message names",
+        ) from None
 
 
 def _check_param_types(cls: Any, params: dict[str, Any], key: str, source: str, alias: str) -> None:

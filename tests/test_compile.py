@@ -351,3 +351,21 @@ def test_components_describe_lists_params_with_types_defaults_and_sockets() -> N
     prompt = reg.get("prompt_builder").describe()
     assert prompt["params"]["template"]["default"] == "@default_prompt" and not prompt["params"]["template"]["required"]
     assert reg.get("rrf_joiner").describe()["retriever"] is False
+
+
+def test_class_path_with_a_missing_optional_dependency_is_a_config_error() -> None:
+    """A Haystack component whose optional dependency is not installed (HTMLToDocument needs trafilatura) is a
+    config error naming the key and what to install, not an internal error."""
+    from haystack.components.converters import HTMLToDocument
+
+    try:
+        HTMLToDocument()
+    except ImportError:
+        pass
+    else:
+        pytest.skip("trafilatura is installed here")
+    spec = {"html": {"type": "haystack.components.converters.HTMLToDocument"}}
+    with pytest.raises(CompileError) as info:
+        build_stage(stage(components=spec), "pipeline", ctx())
+    assert info.value.key == "pipeline.components.html.type"
+    assert "trafilatura" in str(info.value) and "not installed" in str(info.value)

@@ -66,6 +66,8 @@ class ElasticsearchChunkStore:
                 raise StoreError(f"environment variable {api_key_env} (store.api_key_env) is not set")
             kwargs["api_key"] = Secret.from_env_var(api_key_env)
         self.embedding_dim = embedding_dim
+        # the constructor's own arguments, so to_dict/from_dict round-trip (the key stays in its variable)
+        self._init = {"hosts": hosts, "index": index, "embedding_dim": embedding_dim, "api_key_env": api_key_env}
         self._es = ElasticsearchDocumentStore(**kwargs)
 
     def _wrap(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -171,7 +173,9 @@ class ElasticsearchChunkStore:
             pass
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "type": "ragconf.store.elasticsearch.ElasticsearchChunkStore",
-            "init_parameters": {"es": self._es.to_dict(), "embedding_dim": self.embedding_dim},
-        }
+        """The constructor's parameters (never the API key itself: only the name of its variable)."""
+        return {"type": "ragconf.store.elasticsearch.ElasticsearchChunkStore", "init_parameters": dict(self._init)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ElasticsearchChunkStore:
+        return cls(**data["init_parameters"])

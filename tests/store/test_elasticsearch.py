@@ -54,3 +54,23 @@ def test_round_trip_against_a_real_server() -> None:
     assert store.doc_hashes("t") == {"a": "h", "b": "h2"}
     assert store.delete_docs("t", ["a"]) == 1
     store.close()
+
+
+def test_to_dict_round_trips_through_the_constructor(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exported Elasticsearch retriever loads back: the store serialises its constructor's parameters, the
+    key only as the name of its variable (the client connects lazily: no server needed)."""
+    pytest.importorskip("haystack_integrations.document_stores.elasticsearch")
+    from ragconf.store.elasticsearch import ElasticsearchChunkStore
+
+    monkeypatch.setenv("RAGCONF_TEST_ES_KEY", "es-secret-key")
+    store = ElasticsearchChunkStore("http://127.0.0.1:9", "idx", 4, api_key_env="RAGCONF_TEST_ES_KEY")
+    data = store.to_dict()
+    assert data["init_parameters"] == {
+        "hosts": "http://127.0.0.1:9",
+        "index": "idx",
+        "embedding_dim": 4,
+        "api_key_env": "RAGCONF_TEST_ES_KEY",
+    }
+    assert "es-secret-key" not in str(data)
+    again = ElasticsearchChunkStore.from_dict(data)
+    assert again.to_dict() == data
