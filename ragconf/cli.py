@@ -349,10 +349,19 @@ def init(
 @handle_errors
 def schema(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write here instead of stdout.")] = None,
+    directory: Annotated[
+        Path | None,
+        typer.Option("--dir", help="Write one schema per file kind (config.yaml and each group) into this folder."),
+    ] = None,
 ) -> None:
-    """Print the JSON Schema of a composed config (for editor completion of config files)."""
-    from ragconf.scaffold import write_schema
+    """Print the JSON Schema of a composed config, or (--dir) one schema per file a team edits: config.yaml
+    and each group's option files (corpus/*.yaml, pipeline/*.yaml, ...), for editor completion."""
+    from ragconf.scaffold import write_schema, write_schemas
 
+    if directory is not None:
+        for path in write_schemas(directory):
+            typer.echo(f"wrote {path}", err=True)
+        return
     text = write_schema(out)
     if out:
         typer.echo(f"wrote {out}", err=True)

@@ -14,7 +14,7 @@ from typing import Any
 
 from ragconf.errors import SpecError
 
-__all__ = ["SCAFFOLD_FILES", "config_json_schema", "init_project", "write_schema"]
+__all__ = ["SCAFFOLD_FILES", "config_json_schema", "file_schemas", "init_project", "write_schema", "write_schemas"]
 
 CONFIG_YAML = """\
 # ragconf team config: a defaults list choosing one option per config group. Options come from this folder
@@ -23,7 +23,8 @@ CONFIG_YAML = """\
 #                     ragconf ingest   --config-dir {dir}
 #                     ragconf ask "How do I reset my password?" --user lead --config-dir {dir}
 # Override any key on the command line, e.g. pipeline.components.fuse.params.top_k=5 or generator=llm.
-# Editor completion: `ragconf schema -o ragconf.schema.json` writes the JSON Schema of the composed config.
+# Editor completion: .schema/ holds a JSON Schema per file kind (`ragconf schema --dir .schema` rewrites them);
+# the first line of each YAML file points editors with the YAML language server at its schema.
 defaults:
   - corpus: docs          # corpus/docs.yaml: your files and how their access metadata is read
   - store: sqlite         # built-in: embedded SQLite (or `elasticsearch` with hosts/index/api_key_env)
@@ -275,8 +276,10 @@ def init_project(
     for rel, template in SCAFFOLD_FILES.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(template.format(**fields) if rel in _FORMATTED else template, encoding="utf-8")
+        text = template.format(**fields) if rel in _FORMATTED else template
+        path.write_text((_schema_comment(rel) or "") + text, encoding="utf-8")
         written.append(path)
+    written.extend(write_schemas(root / ".schema"))
     shutil.copytree(bundle, root / "policies", dirs_exist_ok=True)
     written.extend(sorted(p for p in (root / "policies").rglob("*") if p.is_file()))
     return written
@@ -294,6 +297,67 @@ def config_json_schema() -> dict[str, Any]:
         "the value of one top-level key."
     )
     return schema
+
+
+#: Config groups: a file ``<group>/<option>.yaml`` holds the value of the top-level key ``<group>``.
+GROUPS = ("corpus", "store", "embedder", "pipeline", "generator", "identity", "policy", "tracking", "eval")
+_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def file_schemas() -> dict[str, dict[str, Any]]:
+    """One JSON Schema per kind of file a team edits: ``config`` (the primary config: a Hydra ``defaults``
+    list and any top-level key, none required since the groups supply them) and one per config group (the
+    value of that group's key, e.g. ``corpus/docs.yaml``)."""
+    main = config_json_schema()
+    defs = main.get("$defs", {})
+    props = main["properties"]
+    entry = {
+        "anyOf": [
+            {"type": "string"},
+            {"type": "object", "additionalProperties": {"type": ["string", "null"]}, "maxProperties": 1},
+        ]
+    }
+    out: dict[str, dict[str, Any]] = {
+        "config": {
+            "$schema": _DIALECT,
+            "title": "ragconf config.yaml",
+            "description": "The primary config: a defaults list (one option per group) and overrides of any key.",
+            "type": "object",
+            "properties": {"defaults": {"type": "array", "items": entry}, **props},
+            "additionalProperties": False,
+            "$defs": defs,
+        }
+    }
+    for group in GROUPS:
+        out[group] = {
+            "$schema": _DIALECT,
+            "title": f"ragconf {group} config ({group}/<option>.yaml)",
+            **{k: v for k, v in props[group].items() if k not in ("default", "title")},
+            "$defs": defs,
+        }
+    return out
+
+
+def write_schemas(directory: str | Path) -> list[Path]:
+    """``config.schema.json`` and ``<group>.schema.json`` into ``directory``; returns the files written."""
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, schema in file_schemas().items():
+        path = root / f"{name}.schema.json"
+        path.write_text(json.dumps(schema, indent=2) + "\n", encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def _schema_comment(rel: str) -> str | None:
+    """The yaml-language-server modeline for a scaffolded YAML file (editor completion and checks)."""
+    parts = Path(rel).parts
+    if rel == "config.yaml":
+        return "# yaml-language-server: $schema=.schema/config.schema.json\n"
+    if len(parts) == 2 and parts[0] in GROUPS and rel.endswith(".yaml"):
+        return f"# yaml-language-server: $schema=../.schema/{parts[0]}.schema.json\n"
+    return None
 
 
 def write_schema(path: str | Path | None = None) -> str:

@@ -88,3 +88,39 @@ def test_components_json_lists_params_and_sockets() -> None:
     assert "documents" in joiner["inputs"] and joiner["outputs"]["documents"]["type"] == "list[Document]"
     assert rows["embedding_retriever"]["retriever"] and "query_embedding" in rows["embedding_retriever"]["inputs"]
     assert rows["extractive_answer"]["outputs"]["replies"]
+
+
+def test_every_scaffolded_file_validates_against_the_schema_it_names(tmp_path: Path) -> None:
+    """The files a team edits (not the composed config) validate against the schema their first line names:
+    config.yaml with its defaults list, each group file against its group's schema; a typo is caught."""
+    import re
+
+    import jsonschema
+    import yaml
+
+    team = tmp_path / "kb"
+    init_project(team)
+    checked = 0
+    for path in sorted(team.rglob("*.yaml")):
+        if "users" in path.parts or "policies" in path.parts:
+            continue
+        first = path.read_text().splitlines()[0]
+        m = re.fullmatch(r"# yaml-language-server: \$schema=(\S+)", first)
+        assert m, f"{path.relative_to(team)} names no schema"
+        schema = json.loads((path.parent / m.group(1)).read_text())
+        jsonschema.Draft202012Validator.check_schema(schema)
+        errors = list(jsonschema.Draft202012Validator(schema).iter_errors(yaml.safe_load(path.read_text())))
+        assert not errors, (path.relative_to(team), [e.message for e in errors])
+        checked += 1
+    assert checked >= 8
+    config = json.loads((team / ".schema" / "config.schema.json").read_text())
+    corpus = json.loads((team / ".schema" / "corpus.schema.json").read_text())
+    data = yaml.safe_load((team / "corpus" / "docs.yaml").read_text())
+    data["chunking"] = {"sizee": 3}
+    assert list(jsonschema.Draft202012Validator(corpus).iter_errors(data))
+    assert list(jsonschema.Draft202012Validator(config).iter_errors({"defaults": [], "pipelin": {}}))
+    out = tmp_path / "schemas"
+    assert runner.invoke(app, ["schema", "--dir", str(out)]).exit_code == 0
+    assert json.loads((out / "store.schema.json").read_text()) == json.loads(
+        (team / ".schema" / "store.schema.json").read_text()
+    )
