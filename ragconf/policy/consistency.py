@@ -160,8 +160,23 @@ def _groups_of(signatures: list[dict[str, Any]]) -> list[str]:
     return sorted(found)
 
 
+def _attribute_values(signatures: list[dict[str, Any]], attributes: Iterable[str]) -> dict[str, list[str]]:
+    """Declared attribute -> the string values the store holds for it (a list value contributes each item)."""
+    out: dict[str, list[str]] = {}
+    for name in attributes:
+        seen: set[str] = set()
+        for meta in signatures:
+            v = meta.get(name)
+            seen.update(x for x in (v if isinstance(v, list) else [v]) if isinstance(x, str) and x)
+        out[name] = sorted(seen)
+    return out
+
+
 def generate_principals(
-    signatures: list[dict[str, Any]], users: list[dict[str, Any]], levels: tuple[str, ...]
+    signatures: list[dict[str, Any]],
+    users: list[dict[str, Any]],
+    levels: tuple[str, ...],
+    attributes: Iterable[str] = (),
 ) -> list[dict[str, Any]]:
     tenants = _strings([m.get("tenant") for m in signatures] + [u.get("tenant") for u in users])
     groups = sorted(set(_groups_of(signatures)) | {g for u in users for g in u.get("groups") or []})
@@ -176,6 +191,14 @@ def generate_principals(
                 n += 1
                 out.append({"id": f"p{n}", "groups": gs, "tenant": tenant, "clearance": clearance, "attributes": {}})
     top = levels[-1] if levels else "restricted"
+    # declared attributes (corpus.access.attributes): principals holding each stored value, an unknown one,
+    # a list of all of them, with the widest other rights, so a rule on an attribute decides alone
+    for name, values in _attribute_values(signatures, attributes).items():
+        for value in [*values, UNKNOWN_GROUP, *([values] if len(values) > 1 else [])]:
+            for tenant in [*tenants, None]:
+                n += 1
+                attrs = {name: value}
+                out.append({"id": f"p{n}", "groups": groups, "tenant": tenant, "clearance": top, "attributes": attrs})
     out += [
         {"id": "", "groups": groups, "tenant": None, "clearance": top, "attributes": {}},  # empty id
         {"id": "nogroups", "tenant": None, "clearance": top, "attributes": {}},  # groups missing
@@ -185,8 +208,11 @@ def generate_principals(
     return out
 
 
-def generate_documents(signatures: list[dict[str, Any]], levels: tuple[str, ...]) -> list[dict[str, Any]]:
-    """The store's own signatures first, then every combination of edge values per field."""
+def generate_documents(
+    signatures: list[dict[str, Any]], levels: tuple[str, ...], attributes: Iterable[str] = ()
+) -> list[dict[str, Any]]:
+    """The store's own signatures first, then every combination of edge values per field, then the store's
+    signatures with each declared attribute missing, null, unknown or holding each stored value."""
     tenants = _strings(m.get("tenant") for m in signatures)
     groups = _groups_of(signatures)
     tenant_vals: list[Any] = [_MISSING, None, *tenants, UNKNOWN_TENANT]
@@ -215,6 +241,13 @@ def generate_documents(signatures: list[dict[str, Any]], levels: tuple[str, ...]
                     if v is not _MISSING:
                         meta[name] = v
                 add(meta)
+    for name, values in _attribute_values(signatures, attributes).items():
+        for meta in signatures:
+            for v in [_MISSING, None, UNKNOWN_GROUP, *values, *([values] if len(values) > 1 else [])]:
+                variant = {k: x for k, x in meta.items() if k != name}
+                if v is not _MISSING:
+                    variant[name] = v
+                add(variant)
     return out
 
 
@@ -248,13 +281,16 @@ def check_visibility(
     max_cases: int = 6000,
     max_examples: int = 5,
     seed: int = 0,
+    attributes: Iterable[str] = (),
 ) -> ConsistencyReport:
-    """Compare ``filter`` (store semantics), ``allow`` and ``allowed_ids`` on generated principals x documents."""
+    """Compare ``filter`` (store semantics), ``allow`` and ``allowed_ids`` on generated principals x documents
+    (declared ``attributes`` varied on both sides)."""
     started = time.perf_counter()
     signatures = signatures or []
+    attributes = list(attributes)
     report = ConsistencyReport(store_signatures=len(signatures))
-    principals = generate_principals(signatures, list(users or []), levels)
-    docs = generate_documents(signatures, levels)
+    principals = generate_principals(signatures, list(users or []), levels, attributes)
+    docs = generate_documents(signatures, levels, attributes)
     report.principals, report.documents = len(principals), len(docs)
     report.possible_cases = len(principals) * len(docs)
     # every principal meets every store signature; the edge documents are sampled to stay within max_cases
@@ -304,11 +340,12 @@ def check_configured(spec: Any, engine: Any, *, max_cases: int = 6000) -> Consis
     """:func:`check_visibility` for a loaded config: its store's access values and its identity's users."""
     from ragconf.identity import Directory
 
-    signatures = store_access_values(spec.store.model_dump())
+    attributes = list(getattr(spec.corpus.access, "attributes", None) or [])
+    signatures = store_access_values(spec.store.model_dump(), [*ACCESS_FIELDS, *attributes])
     users: list[dict[str, Any]] = []
     try:
         directory = Directory(spec.identity)
         users = [directory.resolve(uid).to_input() for uid in directory.ids()]
     except Exception:  # an identity problem is reported by the commands that use it, not here  # noqa: BLE001
         users = []
-    return check_visibility(engine, signatures=signatures, users=users, max_cases=max_cases)
+    return check_visibility(engine, signatures=signatures, users=users, max_cases=max_cases, attributes=attributes)

@@ -74,3 +74,21 @@ def test_edge_cases_are_generated() -> None:
     assert any(d.get("classification") == "level-not-configured" for d in docs)
     assert any(d.get("acl_groups") == "hr" for d in docs)  # a bare string
     assert docs[0] == {"tenant": "acme", "classification": "internal", "acl_groups": ["hr"]}  # store values first
+
+
+def test_a_rule_on_a_declared_attribute_in_allow_only_is_caught(tmp_path: Path) -> None:
+    """corpus.access.attributes are varied on both sides: an allow rule on `region` that the filter does not
+    have is invisible to principals without attributes, and caught once the attribute is declared."""
+    bundle = _edited(
+        tmp_path,
+        ALLOW,
+        ALLOW + "\nallow if input.document.meta.region == input.principal.attributes.region\n",
+    )
+    engine = RegoEngine(bundle)
+    store = [{"tenant": "acme", "acl_groups": ["hr"], "classification": "internal", "region": "eu"}]
+    assert check_visibility(engine, signatures=store).ok  # the attribute never varies: the gap stays hidden
+    report = check_visibility(engine, signatures=store, attributes=["region"])
+    assert not report.ok
+    bad = report.counterexamples[0]
+    assert bad.allow_says and not bad.filter_says
+    assert bad.principal["attributes"]["region"] == bad.meta["region"]
