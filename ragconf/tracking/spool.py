@@ -158,7 +158,9 @@ def _main(workdir: str) -> int:
         os.nice(10)  # the user's next command comes first
     folder = spool_dir(workdir)
     pidfile = folder / "writer.pid"
-    with contextlib.suppress(OSError):
+    from ragconf._fs import private_umask
+
+    with contextlib.suppress(OSError), private_umask():  # 0600 like everything under the workdir
         pidfile.write_text(str(os.getpid()))
     try:
         while drain(workdir):
