@@ -113,6 +113,9 @@ class RagApp:
         self._parts: dict[str, Any] = {}
         self._generators: dict[str, BuiltStage] = {}
         self.profiles: dict[str, GeneratorSpec] = profiles if profiles is not None else self._resolve_profiles()
+        from ragconf.cache import LRUCache
+
+        self._retrieval_cache = LRUCache("retrieval", self.spec.cache.retrieval)
 
     @classmethod
     def from_overrides(cls, overrides: list[str] | None = None, config_dir: str | Path | None = None) -> RagApp:
@@ -259,6 +262,20 @@ class RagApp:
             if pre_comp is not None:
                 extra.setdefault(pre_comp, {})["top_k"] = top_k
         t1 = time.perf_counter()
+        key = self._retrieval_key(question, top_k, principal, g)
+        cached = self._retrieval_cache.get(key) if key is not None else None
+        if cached is not None:
+            # the cache skips the retrievers, never a policy decision: every cached document is checked again
+            # by the current policy for this principal (a fresh, audited decision)
+            with spans.span("retrieval", cache="hit") as sp:
+                decision = g.policy.check_documents(principal, list(cached), request)
+                docs = decision.allowed
+                ids = {"access.filter": filt.decision_id, "access.documents": decision.decision_id}
+                sp.set_tag("decision_ids", dict(ids))
+                sp.set_tag("document_ids", [d.id for d in docs])
+            timings["retrieval_ms"] = (time.perf_counter() - t1) * 1000
+            timings["retrieval_cache_hit"] = 1.0
+            return list(docs), ids, timings
         with spans.span("retrieval") as sp:
             docs, result = g.retrieval.run({"query": question}, extra=extra)
             guard_out = result.get(GUARD_NAME, {})
@@ -266,7 +283,29 @@ class RagApp:
             sp.set_tag("decision_ids", dict(ids))
             sp.set_tag("document_ids", [d.id for d in docs or []])
         timings["retrieval_ms"] = (time.perf_counter() - t1) * 1000
+        if key is not None:
+            self._retrieval_cache.put(key, tuple(docs or []), timings["retrieval_ms"])
+            timings["retrieval_cache_hit"] = 0.0
         return list(docs or []), ids, timings
+
+    def _retrieval_key(self, question: str, top_k: int | None, principal: Principal, g: _Governed) -> str | None:
+        """The retrieval cache key (None: not cacheable): question, top_k, the whole principal as the policy sees
+        it, the index version read *before* retrieving (a write in between can only make the entry newer than
+        its key, never older) and the policy bundle revision."""
+        if self._retrieval_cache.size <= 0:
+            return None
+        version = getattr(self.store, "index_version", None)
+        if version is None:
+            return None
+        import hashlib
+        import json
+
+        blob = json.dumps(
+            [question, top_k, principal.to_input(), version(), getattr(g.policy, "bundle_revision", None)],
+            sort_keys=True,
+            default=str,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()
 
     def _pre_guard_output(self, stage: BuiltStage) -> str | None:
         from ragconf.compile import input_sockets

@@ -11,6 +11,7 @@ import hashlib
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -346,13 +347,22 @@ def _components() -> tuple[type, type]:
         """Embeds a query. Input ``text: str``; output ``embedding: list[float]``."""
 
         def __init__(
-            self, model: str = "minilm-int8", batch_size: int = 32, max_length: int = 256, threads: int | None = None
+            self,
+            model: str = "minilm-int8",
+            batch_size: int = 32,
+            max_length: int = 256,
+            threads: int | None = None,
+            query_cache: int = 1024,
         ) -> None:
+            from ragconf.cache import LRUCache
+
             self.model = model
             self.batch_size = batch_size
             self.max_length = max_length
             self.threads = threads
+            self.query_cache = query_cache
             self.embedder = get_embedder(model, batch_size, max_length, threads)
+            self._cache = LRUCache("query_embeddings", query_cache)
 
         def warm_up(self) -> None:
             self.embedder.warm_up()
@@ -361,7 +371,13 @@ def _components() -> tuple[type, type]:
         def run(self, text: str) -> dict[str, Any]:
             if not isinstance(text, str):
                 raise TypeError("RagconfTextEmbedder expects a string; use RagconfDocumentEmbedder for documents")
-            return {"embedding": self.embedder.embed([text])[0].tolist()}
+            cached = self._cache.get(text)
+            if cached is not None:
+                return {"embedding": list(cached)}
+            t0 = time.perf_counter()
+            vector = self.embedder.embed([text])[0].tolist()
+            self._cache.put(text, tuple(vector), (time.perf_counter() - t0) * 1000)
+            return {"embedding": vector}
 
     class RagconfDocumentEmbedder:
         """Sets ``embedding`` on documents (``title\\ncontent`` when ``meta.title`` exists).

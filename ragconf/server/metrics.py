@@ -1,5 +1,5 @@
 """Prometheus metrics of one server (its own registry): requests and latency by route and status, policy
-denials and refusals, generator tokens."""
+denials and refusals, generator tokens, cache hit rates and saved time."""
 
 from __future__ import annotations
 
@@ -29,6 +29,12 @@ class Metrics:
         self.refusals = Counter("ragconf_refusals", "Asks refused by the routing policy", registry=self.registry)
         self.tokens = Counter("ragconf_tokens", "Generator tokens", ["kind"], registry=self.registry)
         self.in_flight = Gauge("ragconf_in_flight", "Requests running or waiting for a worker", registry=self.registry)
+        self.cache = Gauge(
+            "ragconf_cache",
+            "Process caches (query_embeddings, retrieval): hits, misses, hit_rate, saved_ms, entries",
+            ["cache", "stat"],
+            registry=self.registry,
+        )
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route, str(status)).inc()
@@ -46,4 +52,9 @@ class Metrics:
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+        from ragconf.cache import cache_stats
+
+        for name, stats in cache_stats().items():
+            for stat, value in stats.items():
+                self.cache.labels(name, stat).set(value)
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -11,6 +11,7 @@ from ragconf.types import CLASSIFICATIONS
 __all__ = [
     "AccessMappingSpec",
     "AuditSpec",
+    "CacheSpec",
     "ChunkingSpec",
     "ComponentSpec",
     "ConnectionSpec",
@@ -192,10 +193,25 @@ class EmbedderSpec(_Strict):
     batch_size: int = Field(32, gt=0)
     max_length: int = Field(256, gt=0, le=512)
     threads: int | None = Field(None, gt=0)
+    #: Query embeddings kept per process (LRU, keyed by the query text; 0: off). An embedding depends only on
+    #: the text and the model, never on who asks.
+    query_cache: int = Field(1024, ge=0)
+
+
+class CacheSpec(_Strict):
+    """Retrieval results kept per process (LRU). Keyed by the question, ``top_k``, the whole principal as the
+    policy sees it (id, groups, tenant, clearance, attributes), the index version (bumped by every write) and
+    the policy bundle revision: an entry never serves another user, an older index or an older policy. A hit
+    still evaluates the access filter and re-checks every cached document with the current policy (both
+    audited); only the retrievers and the fusion are skipped. Stores without an index version
+    (Elasticsearch) are not cached."""
+
+    #: Entries (0: off).
+    retrieval: int = Field(256, ge=0)
 
 
 class ComponentSpec(_Strict):
-    #: A registry alias (see `ragconf components`), never an import path.
+    #: A registry alias (see `ragconf components`), or a Haystack class path from the allowlist.
     type: str
     params: dict[str, Any] = Field(default_factory=dict)
 
@@ -409,3 +425,4 @@ class RagconfSpec(_Strict):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     eval: EvalSpec = Field(default_factory=EvalSpec)
     serve: ServeSpec = Field(default_factory=ServeSpec)
+    cache: CacheSpec = Field(default_factory=CacheSpec)

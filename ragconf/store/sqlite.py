@@ -374,6 +374,12 @@ class SQLiteChunkStore:
                 removed += db.execute("DELETE FROM docs WHERE corpus=? AND doc_id=?", (corpus, doc_id)).rowcount
         return removed
 
+    def index_version(self) -> int:
+        """The store's generation: bumped by every committed write (any process), so a cache keyed by it never
+        serves what an ingest or a revocation changed."""
+        with self._read("reading the index version") as (_, generation):
+            return generation
+
     def doc_hashes(self, corpus: str) -> dict[str, str]:
         with self._read("reading document hashes") as (db, _):
             rows = db.execute("SELECT doc_id, content_hash FROM docs WHERE corpus=?", (corpus,)).fetchall()

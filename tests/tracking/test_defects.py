@@ -57,11 +57,16 @@ def test_embedding_calls_are_counted(handbook_dir: Path, monkeypatch: pytest.Mon
     bm25 = _eval(handbook_dir, [*base, "pipeline=bm25", "eval.personas=[]"], monkeypatch)
     assert bm25["embedding_calls"] == 0
     plain = _eval(handbook_dir, [*base, "eval.personas=[]"], monkeypatch)
-    # one per metric query, per reference answer asked and per leakage check of the eval user
-    assert plain["embedding_calls"] > plain["queries"] + 3 == 6
-    personas = _eval(handbook_dir, [*base, "eval.personas=[alice,bob]"], monkeypatch)
+    uncached = _eval(handbook_dir, [*base, "eval.personas=[]", "cache.retrieval=0"], monkeypatch)
+    # without the retrieval cache: one per metric query, per reference answer asked and per leakage check
+    assert uncached["embedding_calls"] > uncached["queries"] + 3 == 6
+    # with it (the default) the same user's repeats of a query reuse the retrieval: one per metric query
+    assert plain["embedding_calls"] == plain["queries"] == 3
+    personas = _eval(handbook_dir, [*base, "eval.personas=[alice,bob]", "cache.retrieval=0"], monkeypatch)
     # the leakage check then asks and retrieves every query per persona: 2 x 3 x 2 instead of 3
-    assert personas["embedding_calls"] == plain["embedding_calls"] - 3 + 12
+    assert personas["embedding_calls"] == uncached["embedding_calls"] - 3 + 12
+    cached = _eval(handbook_dir, [*base, "eval.personas=[alice,bob]"], monkeypatch)
+    assert cached["embedding_calls"] == 3 + 3  # alice's retrievals are all cached; bob's ask runs, his retrieve hits
 
 
 def test_eval_on_an_empty_store_says_to_ingest_at_once(tmp_path: Path) -> None:
