@@ -154,7 +154,7 @@ def _instantiate(name: str, spec: Any, prefix: str, ctx: BuildContext) -> tuple[
                 source=source,
             )
         injected["document_store"] = ctx.store
-    if entry.kind == "text_embedder" and ctx.embedder is not None:
+    if entry.kind in ("text_embedder", "embedding_ranker") and ctx.embedder is not None:  # the configured model
         for k, v in ctx.embedder.model_dump().items():
             if accepted is None or k in accepted:
                 params.setdefault(k, v)

@@ -235,6 +235,12 @@ _BUILTINS: list[ComponentEntry] = [
         "reorders documents so the best are at the edges of the prompt",
     ),
     ComponentEntry(
+        "diversity_ranker",
+        "ragconf.components.rankers:DiversityRanker",
+        "embedding_ranker",
+        "maximal marginal relevance on the configured embedder: pushes near-duplicate passages down",
+    ),
+    ComponentEntry(
         "meta_field_ranker",
         "haystack.components.rankers:MetaFieldRanker",
         "ranker",
