@@ -241,6 +241,12 @@ _BUILTINS: list[ComponentEntry] = [
         "maximal marginal relevance on the configured embedder: pushes near-duplicate passages down",
     ),
     ComponentEntry(
+        "llm_ranker",
+        "ragconf.components.rankers:LLMRanker",
+        "ranker",
+        "listwise reranking by a chat model behind any OpenAI-compatible endpoint (routed by the routing policy)",
+    ),
+    ComponentEntry(
         "meta_field_ranker",
         "haystack.components.rankers:MetaFieldRanker",
         "ranker",

@@ -257,6 +257,8 @@ class RagApp:
         timings["policy_filter_ms"] = (time.perf_counter() - t0) * 1000
         extra: dict[str, dict[str, Any]] = {name: {"filters": filt.filters} for name in g.retrieval.retrievers}
         extra[GUARD_NAME] = {"principal": principal, "request": request}
+        for name in _gated(g.retrieval):  # components that send passages elsewhere ask the routing policy first
+            extra[name] = {"route_gate": _route_gate(g, principal, question)}
         if top_k is not None:
             pre_comp = self._pre_guard_output(g.retrieval)
             if pre_comp is not None:
@@ -452,6 +454,28 @@ class RagApp:
             store = self._parts.pop("store", None)
         if store is not None:
             store.close()
+
+
+def _gated(stage: BuiltStage) -> list[str]:
+    """Components of ``stage`` with a ``route_gate`` input (e.g. ``llm_ranker``)."""
+    from ragconf.compile import input_sockets
+
+    return [name for name, inst in stage.pipeline.walk() if "route_gate" in input_sockets(inst)]
+
+
+def _route_gate(g: _Governed, principal: Principal, question: str) -> Callable[..., tuple[bool, str, str]]:
+    """The routing policy's decision on sending documents to an endpoint described like a generator profile
+    (audited like every decision); a closure, so Haystack's input copies share it."""
+
+    def gate(documents: list[Any], profile: dict[str, Any]) -> tuple[bool, str, str]:
+        request = {"query": question, "action": "rerank", "profile": profile["name"]}
+        with spans.span("policy.routing.rerank", profile=profile["name"]) as sp:
+            route = g.policy.route(principal, request, documents, [profile])
+            sp.set_tags({"decision_id": route.decision_id, "refused": route.refused})
+        ok = not route.refused and route.profile == profile["name"]
+        return ok, route.reason, route.decision_id
+
+    return gate
 
 
 def _streaming_inputs(stage: BuiltStage, on_delta: Callable[[str], None]) -> dict[str, dict[str, Any]]:
