@@ -116,6 +116,7 @@ class RagApp:
         from ragconf.cache import LRUCache
 
         self._retrieval_cache = LRUCache("retrieval", self.spec.cache.retrieval)
+        self._answer_cache = LRUCache("answers", self.spec.cache.answers)
 
     @classmethod
     def from_overrides(cls, overrides: list[str] | None = None, config_dir: str | Path | None = None) -> RagApp:
@@ -397,14 +398,26 @@ class RagApp:
         if on_documents is not None:
             rules = {"redact_pii": bool(out_rules.redact_pii), "require_citations": bool(out_rules.require_citations)}
             on_documents(records, rules)
-        stage = self.generation(route.profile)
-        extra = _streaming_inputs(stage, on_delta) if on_delta is not None else None
+        akey = self._answer_key(question, route.profile, out_rules, passages)
+        cached = self._answer_cache.get(akey) if akey is not None else None
         t1 = time.perf_counter()
-        with spans.span("generation", profile=route.profile, passages=len(passages)):
-            replies, gen_out = stage.run({"query": question, "documents": passages}, extra=extra)
+        if cached is not None:
+            text, usage = cached, {"prompt_tokens": 0, "completion_tokens": 0}
+            with spans.span("generation", profile=route.profile, passages=len(passages), cache="hit"):
+                if on_delta is not None:
+                    on_delta(text)
+            timings["answer_cache_hit"] = 1.0
+        else:
+            stage = self.generation(route.profile)
+            extra = _streaming_inputs(stage, on_delta) if on_delta is not None else None
+            with spans.span("generation", profile=route.profile, passages=len(passages)):
+                replies, gen_out = stage.run({"query": question, "documents": passages}, extra=extra)
+            usage = _token_usage(gen_out)
+            text = _reply_text(replies)
+            if akey is not None:
+                self._answer_cache.put(akey, text, (time.perf_counter() - t1) * 1000)
+                timings["answer_cache_hit"] = 0.0
         timings["generation_ms"] = (time.perf_counter() - t1) * 1000
-        usage = _token_usage(gen_out)
-        text = _reply_text(replies)
         citations = extract_citations(text, passages)
         redacted: list[str] = []
         if out_rules.require_citations and not citations and text.strip() != NO_ANSWER:
@@ -432,6 +445,25 @@ class RagApp:
             redact_logs=bool(out_rules.redact_pii),
             require_citations=bool(out_rules.require_citations),
         )
+
+    def _answer_key(self, question: str, profile: str, rules: Any, passages: list[Any]) -> str | None:
+        """The answer cache key (None: off): everything the generated text depends on (the question, the chosen
+        profile and the exact passages, ids and text) and the output rules applied to it."""
+        if self._answer_cache.size <= 0:
+            return None
+        import hashlib
+        import json
+
+        blob = json.dumps(
+            [
+                question,
+                profile,
+                [bool(rules.require_citations), int(rules.max_passages or 0), bool(rules.redact_pii)],
+                [[d.id, d.content or "", (d.meta or {}).get("title")] for d in passages],
+            ],
+            default=str,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()
 
     @staticmethod
     def _profile_input(spec: GeneratorSpec) -> dict[str, Any]:

@@ -110,3 +110,30 @@ def test_cache_off(hb: Path) -> None:
         assert "retrieval_cache_hit" not in _retrieve(rag, "alice")[2]
     finally:
         rag.close()
+
+
+def test_answer_cache_reuses_only_identical_inputs(hb: Path) -> None:
+    """cache.answers: the same question over the same passages, profile and rules reuses the answer (no
+    generator run, decisions still made); another user whose guard leaves other passages gets a fresh one."""
+    rag = RagApp.from_overrides(["tracking=disabled", "cache.answers=16"])
+    try:
+        first = rag.ask(Q, "alice")
+        second = rag.ask(Q, "alice")
+        assert first.timings_ms["answer_cache_hit"] == 0.0 and second.timings_ms["answer_cache_hit"] == 1.0
+        assert second.answer == first.answer and second.citations == first.citations
+        assert second.decision_ids["routing"] != first.decision_ids["routing"]  # decided again
+        ran = {s["name"] for s in first.trace} - {s["name"] for s in second.trace}
+        assert "component.answer" in ran  # the generator did not run for the hit
+        carol = rag.ask(Q, "carol")  # her guard leaves other passages: another key
+        assert carol.timings_ms["answer_cache_hit"] == 0.0
+        assert not {d["chunk_id"] for d in carol.documents} & {
+            d["chunk_id"] for d in first.documents if d["meta"].get("classification") == "confidential"
+        }
+    finally:
+        rag.close()
+    off = RagApp.from_overrides(["tracking=disabled"])
+    try:
+        off.ask(Q, "alice")
+        assert "answer_cache_hit" not in off.ask(Q, "alice").timings_ms  # off by default
+    finally:
+        off.close()

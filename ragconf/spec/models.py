@@ -208,6 +208,12 @@ class CacheSpec(_Strict):
 
     #: Entries (0: off).
     retrieval: int = Field(256, ge=0)
+    #: Answers kept per process (LRU; 0, the default: off, every ask generates). Keyed by the question, the
+    #: generator profile the routing policy chose, the output rules and the exact passages the generator would
+    #: get (ids and text, after the access guard): an answer is reused only for the very same inputs, which
+    #: the asking user is allowed to see, so it can be shared between users without crossing rights. A hit
+    #: skips generation only; retrieval, routing and output decisions are made (and audited) as usual.
+    answers: int = Field(0, ge=0)
 
 
 class ComponentSpec(_Strict):
