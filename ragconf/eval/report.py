@@ -4,6 +4,7 @@ value on the parent run). Plots are built with ``matplotlib.figure.Figure`` (Agg
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -107,10 +108,14 @@ def log_eval_report(run: Any, result: Any, *, digest: str | None = None, split: 
     root = result.dataset
     if root is not None:
         digest = digest or _digest(sorted(p for p in root.rglob("*") if p.is_file()))
+        rows = dataset_rows(result)
+        # MLflow keeps one dataset per (name, digest) with the profile of its first run: the evaluated queries
+        # (eval.max_queries, the split) are part of the digest, so each distinct subset is its own dataset
+        subset = hashlib.sha256((digest + "|" + ",".join(map(str, rows["query_id"]))).encode()).hexdigest()
         run.log_input(
-            dataset_rows(result),
+            rows,
             name=root.name,
-            digest=digest[:32],
+            digest=subset[:32],
             source=str(root.resolve()),
             tags={"ragconf.sha256": digest, "ragconf.split": split},
         )

@@ -52,8 +52,15 @@ def test_eval_run_has_the_dataset_input_with_its_fingerprint(handbook_dir: Path,
     assert len(inputs) == 1
     ds = inputs[0].dataset
     sha = run.data.tags["dataset.eval.sha256"]  # the handbook evaluation set lives in examples/handbook/eval
-    assert ds.name == "eval" and ds.digest == sha[:32] and ds.source_type == "local"
+    assert ds.name == "eval" and len(ds.digest) == 32 and ds.source_type == "local"
     assert json.loads(ds.profile)["num_rows"] == eval_run["queries"]
+    # the same files evaluated on fewer queries are another dataset (its own row count), same file sha
+    proc = run_cli("eval", "eval=handbook", "eval.max_queries=2", "eval.personas=[]", "--json", cwd=handbook_dir)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    small = client.get_run(json.loads(proc.stdout)["run_id"])
+    sds = small.inputs.dataset_inputs[0].dataset
+    assert sds.digest != ds.digest and json.loads(sds.profile)["num_rows"] == 2
+    assert small.data.tags["dataset.eval.sha256"] == sha
     tags = {t.key: t.value for t in inputs[0].tags}
     assert tags["mlflow.data.context"] == "eval" and tags["ragconf.sha256"] == sha
     assert {c["name"] for c in json.loads(ds.schema)["mlflow_colspec"]} >= {"query_id", "query", "relevant_doc_ids"}
