@@ -41,6 +41,11 @@ __all__ = [
 
 BACKGROUND_KINDS = frozenset({"ask", "retrieve"})
 FLUSH_TIMEOUT_S = float(os.environ.get("RAGCONF_TRACKING_FLUSH_TIMEOUT", "60"))
+#: Background runs held in memory at most; beyond, a run goes to the on-disk spool (<workdir>/spool/, 0600) for
+#: the detached writer process, so a server under sustained load keeps bounded memory and loses no run.
+MAX_PENDING = int(os.environ.get("RAGCONF_TRACKING_MAX_PENDING", "256"))
+#: runs sent to the spool because the in-memory queue was full (this process)
+overflowed = 0
 PACKAGES = (
     "ragconf",
     "haystack-ai",
@@ -835,11 +840,15 @@ def _submit(
     status: str,
     config_digest: str | None = None,
 ) -> None:
-    global _WORKER
+    global _WORKER, overflowed
     # MLflow's import chain registers threading atexit hooks (concurrent.futures), which Python refuses once
     # interpreter shutdown has begun; importing that module now lets the exit-time flush import mlflow.
     import concurrent.futures.thread  # noqa: F401
 
+    if _QUEUE.unfinished_tasks >= MAX_PENDING:  # the writer thread is behind: the disk takes the excess
+        overflowed += 1
+        _spool(tracker, kind, config, overrides, run_name, run, status, config_digest)
+        return
     with _LOCK:
         if _WORKER is None or not _WORKER.is_alive():
             _WORKER = threading.Thread(target=_work, name="ragconf-tracking", daemon=True)

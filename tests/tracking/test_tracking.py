@@ -238,3 +238,32 @@ def test_real_mlflow_server_receives_a_run(tmp_path: Path, mlflow_server: str) -
     assert rows[0]["run_id"] == run_id and rows[0]["metrics"]["ndcg_10"] == 0.42
     config, overrides = load_run_config(cfg, run_id)
     assert config == CONFIG and overrides == ["retrieval.top_k=5"]
+
+
+def test_a_full_in_memory_queue_overflows_to_the_spool_and_loses_nothing(
+    handbook_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server under sustained load: once RAGCONF_TRACKING_MAX_PENDING runs wait in memory, the next ones go to
+    the on-disk spool (0600) for the writer process; memory stays bounded and every run is still written."""
+    import shutil
+
+    from ragconf.service import RagService
+    from ragconf.tracking import flush, list_runs
+    from ragconf.tracking import mlflow_tracker as mt
+
+    work = tmp_path / "hb"
+    shutil.copytree(handbook_dir, work, ignore=shutil.ignore_patterns("spool", "mlflow.db*"))
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("RAGCONF_SPOOL_WRITER", "0")  # keep the spooled files for a look
+    monkeypatch.setattr(mt, "MAX_PENDING", 0)
+    before = mt.overflowed
+    with RagService.from_overrides([]) as svc:
+        keys = [svc.ask("How do I fail over the database?", "carol").run_id for _ in range(3)]
+        flush()
+        spooled = sorted((work / ".ragconf" / "spool").glob("*.json"))
+        assert mt.overflowed - before == 3 and len(spooled) == 3
+        assert all(p.stat().st_mode & 0o777 == 0o600 for p in spooled)
+        cfg = svc.tracking_config()
+        listed = {r["tags"].get("ragconf.run_key") for r in list_runs(cfg, kind="ask")}  # drains the spool
+        assert set(keys) <= listed
+    assert not list((work / ".ragconf" / "spool").glob("*.json"))
