@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
@@ -14,6 +13,7 @@ from haystack.components.builders import PromptBuilder
 
 from ragconf.components.generators import DEFAULT_PROMPT_TEMPLATE, OpenAICompatibleGenerator
 from ragconf.errors import RagconfError, SpecError
+from tests.fakes import chat_completion, local_server, read_json, send_json
 
 REPLY = "The meal allowance abroad is 40 EUR per day [1]."
 
@@ -26,35 +26,14 @@ class _FakeOpenAI(BaseHTTPRequestHandler):
         pass
 
     def do_POST(self) -> None:  # noqa: N802 - http.server API
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        body = read_json(self)
         auth = self.headers.get("Authorization")
         type(self).requests.append({"path": self.path, "auth": auth, "body": body})
         if type(self).fail or self.path != "/v1/chat/completions":
-            payload = json.dumps({"error": {"message": "boom", "type": "server_error"}}).encode()
-            self.send_response(500 if type(self).fail else 404)
+            error = {"error": {"message": "boom", "type": "server_error"}}
+            send_json(self, error, 500 if type(self).fail else 404)
         else:
-            payload = json.dumps(
-                {
-                    "id": "chatcmpl-test",
-                    "object": "chat.completion",
-                    "created": 1_700_000_000,
-                    "model": body.get("model", "fake"),
-                    "choices": [
-                        {
-                            "index": 0,
-                            "finish_reason": "stop",
-                            "logprobs": None,
-                            "message": {"role": "assistant", "content": REPLY},
-                        }
-                    ],
-                    "usage": {"prompt_tokens": 42, "completion_tokens": 12, "total_tokens": 54},
-                }
-            ).encode()
-            self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+            send_json(self, chat_completion(REPLY, body.get("model", "fake"), 42, 12))
 
 
 @pytest.fixture()
@@ -63,14 +42,8 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
     _FakeOpenAI.requests = []
     _FakeOpenAI.fail = False
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _FakeOpenAI)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with local_server(_FakeOpenAI) as url:
+        yield url
 
 
 def test_round_trip_through_the_real_client(server: str, monkeypatch: pytest.MonkeyPatch) -> None:

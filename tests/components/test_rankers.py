@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from haystack import Document
 from ragconf.components.rankers import DiversityRanker, LLMRanker
 from ragconf.runtime import RagApp
 from ragconf.spec import load_config
+from tests.fakes import chat_completion, local_server, read_json, send_json
 
 DOCS = [
     Document(id="a", content="To fail over the primary database, promote the replica and repoint the service."),
@@ -74,41 +74,20 @@ class _FakeRanker(BaseHTTPRequestHandler):
         pass
 
     def do_POST(self) -> None:  # noqa: N802 - http.server API
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        body = read_json(self)
         prompt = body["messages"][-1]["content"]
         type(self).prompts.append(prompt)
         n = len(re.findall(r"^\[\d+\] ", prompt, re.M))
         content = "no idea" if type(self).garbage else json.dumps({"scores": list(range(n))})
-        payload = json.dumps(
-            {
-                "id": "x",
-                "object": "chat.completion",
-                "created": 1,
-                "model": body["model"],
-                "choices": [
-                    {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
-                ],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-            }
-        ).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        send_json(self, chat_completion(content, body["model"]))
 
 
 @pytest.fixture()
 def ranker_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     _FakeRanker.prompts, _FakeRanker.garbage = [], False
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _FakeRanker)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with local_server(_FakeRanker) as url:
+        yield url
 
 
 def test_llm_ranker_without_a_routing_decision_sends_nothing(ranker_url: str) -> None:

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from ragconf.eval.judge import AnswerJudge
 from ragconf.spec.models import JudgeSpec
 from tests.conftest import run_cli
 from tests.examples.test_handbook import run_artifact
+from tests.fakes import chat_completion, local_server, read_json, send_json
 
 KEY = "sk-judge-secret-4711"
 
@@ -43,7 +43,7 @@ class _FakeJudge(BaseHTTPRequestHandler):
         pass
 
     def do_POST(self) -> None:  # noqa: N802 - http.server API
-        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+        body = read_json(self)
         type(self).requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
         system = body["messages"][0]["content"]
         outputs, inputs = _user_fields(body["messages"][-1]["content"])
@@ -54,23 +54,7 @@ class _FakeJudge(BaseHTTPRequestHandler):
         content = json.dumps({"result": "yes" if ok else "no", "rationale": "oracle"})
         if type(self).mode == "garbage":
             content = "I think so, probably."
-        payload = json.dumps(
-            {
-                "id": "chatcmpl-judge",
-                "object": "chat.completion",
-                "created": 1,
-                "model": body.get("model"),
-                "choices": [
-                    {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
-                ],
-                "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
-            }
-        ).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        send_json(self, chat_completion(content, body.get("model", "judge")))
 
 
 @pytest.fixture()
@@ -79,13 +63,8 @@ def judge_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     monkeypatch.setenv("JUDGE_KEY", KEY)
     _FakeJudge.requests = []
     _FakeJudge.mode = "oracle"
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _FakeJudge)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with local_server(_FakeJudge) as url:
+        yield url
 
 
 def _judge(url: str, **kw: Any) -> AnswerJudge:
