@@ -43,7 +43,7 @@ BACKGROUND_KINDS = frozenset({"ask", "retrieve"})
 FLUSH_TIMEOUT_S = float(os.environ.get("RAGCONF_TRACKING_FLUSH_TIMEOUT", "60"))
 #: Background runs held in memory at most; beyond, a run goes to the on-disk spool (<workdir>/spool/, 0600) for
 #: the detached writer process, so a server under sustained load keeps bounded memory and loses no run.
-MAX_PENDING = int(os.environ.get("RAGCONF_TRACKING_MAX_PENDING", "256"))
+MAX_PENDING = int(os.environ.get("RAGCONF_TRACKING_MAX_PENDING", "64"))
 #: runs sent to the spool because the in-memory queue was full (this process)
 overflowed = 0
 PACKAGES = (
