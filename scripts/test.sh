@@ -7,4 +7,4 @@ export HF_HUB_OFFLINE=1 HAYSTACK_TELEMETRY_ENABLED=False
 ruff check ragconf tests benchmarks
 ruff format --check ragconf tests benchmarks
 mypy ragconf
-python -m pytest -q -p no:cacheprovider --durations=15
+python -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=15

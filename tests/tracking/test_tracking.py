@@ -126,7 +126,7 @@ def test_background_ask_runs_flush_in_process(tmp_path: Path) -> None:
             run.log_metrics({"total_ms": float(i)})
             run.log_dict({"question": f"q{i}"}, "ask.json")
             keys.append(run.run_id)
-        assert time.perf_counter() - t0 < 0.05  # the caller never waits for MLflow
+        assert time.perf_counter() - t0 < 0.5  # the caller never waits for MLflow (seconds to open its store)
     assert flush(60)
     for key in keys:
         config, _ = load_run_config(_cfg(tmp_path), key)  # the run key resolves
