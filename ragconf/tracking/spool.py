@@ -79,13 +79,14 @@ def _claim(folder: Path) -> Path | None:
     return None
 
 
-def _in_flight(folder: Path) -> bool:
-    """Whether another live process is writing a run it claimed from ``folder``."""
+def _in_flight(folder: Path) -> set[str]:
+    """Names of the runs another live process claimed from ``folder`` and is still writing."""
+    out = set()
     for path in folder.iterdir():
         pid = path.name.rsplit(CLAIM, 1)[1] if CLAIM in path.name else ""
         if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
-            return True
-    return False
+            out.add(path.name)
+    return out
 
 
 def drain(workdir: str | Path, *, limit_s: float | None = None, wait_s: float = 0.0) -> int:
@@ -120,9 +121,12 @@ def drain(workdir: str | Path, *, limit_s: float | None = None, wait_s: float = 
             with contextlib.suppress(OSError):
                 path.rename(failed)
             _log(folder, f"{failed.name}: {type(exc).__name__}: {exc}")
+    # only the runs being written now (a busy writer claims the next one when it is done with these)
+    waiting = _in_flight(folder) if wait_s > 0 else set()
     until = time.monotonic() + wait_s
-    while wait_s > 0 and time.monotonic() < until and _in_flight(folder):
+    while waiting and time.monotonic() < until:
         time.sleep(0.05)
+        waiting &= _in_flight(folder)
     return done
 
 
