@@ -418,13 +418,23 @@ def create_app(service: RagService, *, warm_up: bool = True) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    def _is_admin(request: Request) -> bool:
+        try:
+            return bool(state.auth.is_admin(state.auth.authenticate(request.headers)))
+        except Exception:  # no or bad credentials: a probe, not an operator
+            return False
+
     @app.get("/readyz", tags=["health"])
-    async def readyz() -> JSONResponse:
+    async def readyz(request: Request) -> JSONResponse:
+        """Ready or not for anyone (load balancers); the details (document count, policy revision, users, the
+        error) only for the admin role: they describe the corpus and the setup."""
+        admin = _is_admin(request)
         try:
             info = await state.run(service.readiness, timeout=5)
         except Exception as exc:
-            return JSONResponse({"ready": False, "detail": _error_from(exc).detail}, status_code=503)
-        return JSONResponse({"ready": True, **info})
+            detail = _error_from(exc).detail if admin else "not ready"
+            return JSONResponse({"ready": False, "detail": detail}, status_code=503)
+        return JSONResponse({"ready": True, **(info if admin else {})})
 
     @app.get("/metrics", tags=["health"])
     async def metrics() -> Response:

@@ -157,7 +157,9 @@ def test_feedback_is_recorded_on_the_ask_run(server: Server) -> None:
 
 def test_health_ready_metrics_and_docs(server: Server) -> None:
     assert httpx.get(server.url + "/healthz").json() == {"status": "ok"}
-    ready = httpx.get(server.url + "/readyz").json()
+    assert httpx.get(server.url + "/readyz").json() == {"ready": True}  # a probe learns nothing about the corpus
+    assert httpx.get(server.url + "/readyz", headers=server.headers("carol")).json() == {"ready": True}
+    ready = httpx.get(server.url + "/readyz", headers=server.headers("root")).json()  # the admin role
     assert ready["ready"] is True and ready["store_documents"] > 0 and ready["policy_revision"]
     httpx.post(server.url + "/v1/ask", json={"question": FAILOVER}, headers=server.headers("carol"), timeout=30)
     httpx.post(server.url + "/v1/ask", json={"question": FAILOVER})
