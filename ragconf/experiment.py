@@ -321,15 +321,16 @@ def _judge_answer(rag: Any, judge: AnswerJudge, principal: Any, question: str, a
     is routed like a generator profile; a refusal or another profile's choice means it is not judged)."""
     from types import SimpleNamespace
 
+    from ragconf.runtime import route_to
+
     if ans.refused:
         return {"skipped": "refused"}
     docs = [SimpleNamespace(meta=d.get("meta") or {}) for d in ans.documents]
-    request = {"query": question, "action": "judge", "profile": "judge"}
-    route = rag.policy.route(principal, request, docs, [judge.profile()])
-    if route.refused or route.profile != "judge":
-        return {"skipped": "policy", "reason": route.reason, "decision_id": route.decision_id}
+    allowed, reason, decision_id = route_to(rag.policy, principal, question, "judge", docs, judge.profile())
+    if not allowed:
+        return {"skipped": "policy", "reason": reason, "decision_id": decision_id}
     verdict = judge.judge(question, ans.answer, [str(d.get("content") or "") for d in ans.documents])
-    return verdict.to_dict() | {"decision_id": route.decision_id}
+    return verdict.to_dict() | {"decision_id": decision_id}
 
 
 def _judge_metrics(judged: dict[str, dict[str, Any]], wanted: list[str]) -> dict[str, float]:

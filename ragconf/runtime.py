@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -81,6 +82,14 @@ def _token_usage(outputs: Any) -> dict[str, int]:
 class _Governed:
     policy: Any
     retrieval: BuiltStage
+    #: components of the retrieval stage with a ``route_gate`` input (e.g. ``llm_ranker``), found once per build
+    gated: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        from ragconf.compile import input_sockets
+
+        found = tuple(n for n, inst in self.retrieval.pipeline.walk() if "route_gate" in input_sockets(inst))
+        object.__setattr__(self, "gated", found)
 
 
 def _reply_text(reply: Any) -> str:
@@ -258,8 +267,8 @@ class RagApp:
         timings["policy_filter_ms"] = (time.perf_counter() - t0) * 1000
         extra: dict[str, dict[str, Any]] = {name: {"filters": filt.filters} for name in g.retrieval.retrievers}
         extra[GUARD_NAME] = {"principal": principal, "request": request}
-        for name in _gated(g.retrieval):  # components that send passages elsewhere ask the routing policy first
-            extra[name] = {"route_gate": _route_gate(g, principal, question)}
+        for name in g.gated:  # components that send passages elsewhere ask the routing policy first
+            extra[name] = {"route_gate": functools.partial(route_to, g.policy, principal, question, "rerank")}
         if top_k is not None:
             pre_comp = self._pre_guard_output(g.retrieval)
             if pre_comp is not None:
@@ -300,15 +309,7 @@ class RagApp:
         version = getattr(self.store, "index_version", None)
         if version is None:
             return None
-        import hashlib
-        import json
-
-        blob = json.dumps(
-            [question, top_k, principal.to_input(), version(), getattr(g.policy, "bundle_revision", None)],
-            sort_keys=True,
-            default=str,
-        )
-        return hashlib.sha256(blob.encode()).hexdigest()
+        return _cache_key(question, top_k, principal.to_input(), version(), getattr(g.policy, "bundle_revision", None))
 
     def _pre_guard_output(self, stage: BuiltStage) -> str | None:
         from ragconf.compile import input_sockets
@@ -451,19 +452,12 @@ class RagApp:
         profile and the exact passages, ids and text) and the output rules applied to it."""
         if self._answer_cache.size <= 0:
             return None
-        import hashlib
-        import json
-
-        blob = json.dumps(
-            [
-                question,
-                profile,
-                [bool(rules.require_citations), int(rules.max_passages or 0), bool(rules.redact_pii)],
-                [[d.id, d.content or "", (d.meta or {}).get("title")] for d in passages],
-            ],
-            default=str,
+        return _cache_key(
+            question,
+            profile,
+            [bool(rules.require_citations), int(rules.max_passages or 0), bool(rules.redact_pii)],
+            [[d.id, d.content or "", (d.meta or {}).get("title")] for d in passages],
         )
-        return hashlib.sha256(blob.encode()).hexdigest()
 
     @staticmethod
     def _profile_input(spec: GeneratorSpec) -> dict[str, Any]:
@@ -488,26 +482,25 @@ class RagApp:
             store.close()
 
 
-def _gated(stage: BuiltStage) -> list[str]:
-    """Components of ``stage`` with a ``route_gate`` input (e.g. ``llm_ranker``)."""
-    from ragconf.compile import input_sockets
+def route_to(
+    policy: Any, principal: Principal, question: str, action: str, documents: list[Any], profile: dict[str, Any]
+) -> tuple[bool, str, str]:
+    """The routing policy's decision on sending ``documents`` (objects with ``meta``) to one endpoint described
+    like a generator profile (a reranker, the evaluation judge): (allowed, reason, decision id); audited like
+    every decision."""
+    request = {"query": question, "action": action, "profile": profile["name"]}
+    with spans.span(f"policy.routing.{action}", profile=profile["name"]) as sp:
+        route = policy.route(principal, request, documents, [profile])
+        sp.set_tags({"decision_id": route.decision_id, "refused": route.refused})
+    return not route.refused and route.profile == profile["name"], route.reason, route.decision_id
 
-    return [name for name, inst in stage.pipeline.walk() if "route_gate" in input_sockets(inst)]
 
+def _cache_key(*parts: Any) -> str:
+    """sha256 of ``parts`` as canonical JSON: the key of the retrieval and answer caches."""
+    import hashlib
+    import json
 
-def _route_gate(g: _Governed, principal: Principal, question: str) -> Callable[..., tuple[bool, str, str]]:
-    """The routing policy's decision on sending documents to an endpoint described like a generator profile
-    (audited like every decision); a closure, so Haystack's input copies share it."""
-
-    def gate(documents: list[Any], profile: dict[str, Any]) -> tuple[bool, str, str]:
-        request = {"query": question, "action": "rerank", "profile": profile["name"]}
-        with spans.span("policy.routing.rerank", profile=profile["name"]) as sp:
-            route = g.policy.route(principal, request, documents, [profile])
-            sp.set_tags({"decision_id": route.decision_id, "refused": route.refused})
-        ok = not route.refused and route.profile == profile["name"]
-        return ok, route.reason, route.decision_id
-
-    return gate
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _streaming_inputs(stage: BuiltStage, on_delta: Callable[[str], None]) -> dict[str, dict[str, Any]]:
