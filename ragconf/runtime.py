@@ -265,14 +265,6 @@ class RagApp:
             filt = g.policy.retrieval_filter(principal, request)  # raises AccessDenied when undefined
             sp.set_tag("decision_id", filt.decision_id)
         timings["policy_filter_ms"] = (time.perf_counter() - t0) * 1000
-        extra: dict[str, dict[str, Any]] = {name: {"filters": filt.filters} for name in g.retrieval.retrievers}
-        extra[GUARD_NAME] = {"principal": principal, "request": request}
-        for name in g.gated:  # components that send passages elsewhere ask the routing policy first
-            extra[name] = {"route_gate": functools.partial(route_to, g.policy, principal, question, "rerank")}
-        if top_k is not None:
-            pre_comp = self._pre_guard_output(g.retrieval)
-            if pre_comp is not None:
-                extra.setdefault(pre_comp, {})["top_k"] = top_k
         t1 = time.perf_counter()
         key = self._retrieval_key(question, top_k, principal, g)
         cached = self._retrieval_cache.get(key) if key is not None else None
@@ -288,6 +280,14 @@ class RagApp:
             timings["retrieval_ms"] = (time.perf_counter() - t1) * 1000
             timings["retrieval_cache_hit"] = 1.0
             return list(docs), ids, timings
+        extra: dict[str, dict[str, Any]] = {name: {"filters": filt.filters} for name in g.retrieval.retrievers}
+        extra[GUARD_NAME] = {"principal": principal, "request": request}
+        for name in g.gated:  # components that send passages elsewhere ask the routing policy first
+            extra[name] = {"route_gate": functools.partial(route_to, g.policy, principal, question, "rerank")}
+        if top_k is not None:
+            pre_comp = self._pre_guard_output(g.retrieval)
+            if pre_comp is not None:
+                extra.setdefault(pre_comp, {})["top_k"] = top_k
         with spans.span("retrieval") as sp:
             docs, result = g.retrieval.run({"query": question}, extra=extra)
             guard_out = result.get(GUARD_NAME, {})
