@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -46,6 +47,8 @@ class IngestSummary:
     documents_seen: int = 0
     seconds: float = 0.0
     embed_seconds: float = 0.0
+    #: Time spent preparing the store's search indexes (BM25, vectors, HNSW graph) for the new content.
+    index_seconds: float = 0.0
     #: Items not indexed because they could not be read or their access metadata is invalid.
     errors: list[SourceError] = field(default_factory=list)
     #: Items not indexed because they carry no access metadata and the corpus declares no defaults.
@@ -250,6 +253,12 @@ def _ingest(
                 summary.added += 1
         if progress:
             progress(min(i + batch_docs, total), total)
+    changed = summary.added or summary.updated or summary.deleted or summary.withdrawn
+    warm = getattr(store, "warm", None)
+    if changed and warm is not None:  # the first query after an ingest should not pay for the indexes
+        t0 = time.perf_counter()
+        warm(progress=sys.stderr.isatty())
+        summary.index_seconds = time.perf_counter() - t0
     summary.seconds = time.perf_counter() - start
     return summary
 

@@ -162,6 +162,9 @@ class SqliteStoreSpec(_Strict):
     #: ``exact_below`` (filter fraction searched exactly), ``candidates``, ``dtype`` f16|i8|f32, ... (see
     #: ``ragconf.store.ann.AnnOptions``; checked when the store opens).
     ann: dict[str, Any] | None = None
+    #: Index files next to the store (``<path>.idx/``): the BM25 index, vectors and HNSW graph of the latest
+    #: write, so a new process loads them instead of rebuilding (``enabled`` true|false, ``min_rows`` 20000).
+    index_files: dict[str, Any] | bool | None = None
 
 
 class ElasticsearchStoreSpec(_Strict):

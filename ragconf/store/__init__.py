@@ -21,7 +21,9 @@ def open_store(cfg: Mapping[str, Any], *, embedding_dim: int) -> ChunkStore:
             raise SpecError("the sqlite store needs a path", key="store.path")
         from ragconf.store.sqlite import SQLiteChunkStore
 
-        return SQLiteChunkStore(cfg["path"], embedding_dim=embedding_dim, ann=cfg.get("ann"))
+        return SQLiteChunkStore(
+            cfg["path"], embedding_dim=embedding_dim, ann=cfg.get("ann"), index_files=cfg.get("index_files")
+        )
     if kind == "elasticsearch":
         from ragconf.store.elasticsearch import ElasticsearchChunkStore
 

@@ -106,28 +106,88 @@ def usearch_available() -> bool:
 
 
 class HnswIndex:
-    """HNSW graph (cosine over unit vectors) keyed by row position in one generation's matrix."""
+    """HNSW graph (cosine over unit vectors) keyed by the store's row ids; ``search`` returns row ids.
 
-    def __init__(self, matrix: np.ndarray, opts: AnnOptions) -> None:
+    Built in full for a new store, loaded (memory-mapped) from the store's index files, or updated from the
+    previous generation's graph: rows removed or whose vector changed are removed, new rows added, so an
+    ingest of a few documents into a 1M-chunk store costs those documents, not a rebuild."""
+
+    def __init__(self, index: Any, opts: AnnOptions, size: int) -> None:
+        self.index = index
+        self.opts = opts
+        self.size = size
+
+    @staticmethod
+    def settings(opts: AnnOptions, ndim: int) -> str:
+        """What a saved graph must have been built with to be reused (the search width can change freely)."""
+        return f"d{ndim}-{opts.dtype}-m{opts.connectivity}-ef{opts.expansion_add}"
+
+    @classmethod
+    def _new(cls, ndim: int, opts: AnnOptions) -> Any:
         from usearch.index import Index
 
-        self.opts = opts
-        self.size = len(matrix)
-        self.index = Index(
-            ndim=matrix.shape[1],
+        return Index(
+            ndim=ndim,
             metric="cos",
             dtype=opts.dtype,
             connectivity=opts.connectivity or None,
             expansion_add=opts.expansion_add or None,
             expansion_search=opts.expansion_search or None,
         )
+
+    @classmethod
+    def build(cls, rowids: np.ndarray, matrix: np.ndarray, opts: AnnOptions, *, progress: bool = False) -> HnswIndex:
+        index = cls._new(matrix.shape[1], opts)
         if len(matrix):
-            self.index.add(
-                np.arange(len(matrix), dtype=np.uint64), matrix, threads=opts.threads or (os.cpu_count() or 1)
+            index.add(
+                np.asarray(rowids, dtype=np.uint64),
+                np.ascontiguousarray(matrix),
+                threads=opts.threads or (os.cpu_count() or 1),
+                log="HNSW graph" if progress else False,
             )
+        return cls(index, opts, len(matrix))
+
+    @classmethod
+    def load(
+        cls, path: str, opts: AnnOptions, rowids: np.ndarray, matrix: np.ndarray, *, view: bool
+    ) -> HnswIndex | None:
+        """A saved graph, when it holds exactly ``rowids`` and (on a sample) their vectors in ``matrix`` (else
+        None: rebuild or update)."""
+        ndim = matrix.shape[1]
+        from usearch.index import Index
+
+        try:
+            index = Index.restore(path, view=view)
+        except (RuntimeError, ValueError, OSError):
+            return None
+        if index is None or index.ndim != ndim or len(index) != len(rowids):
+            return None
+        if len(rowids) and not bool(np.array_equal(np.sort(np.asarray(index.keys, dtype=np.int64)), rowids)):
+            return None
+        sample = np.unique(np.linspace(0, len(rowids) - 1, num=min(32, len(rowids))).astype(np.int64))
+        if len(sample):
+            got = np.asarray(index.get(rowids[sample].astype(np.uint64)), dtype=np.float32)
+            if got.shape != (len(sample), ndim) or not np.allclose(got, matrix[sample], atol=0.02):
+                return None
+        if opts.expansion_search:  # not saved with the graph
+            index.expansion_search = opts.expansion_search  # type: ignore[misc]  # a setter at runtime
+        return cls(index, opts, len(rowids))
+
+    def update(self, removed: np.ndarray, added: np.ndarray, vectors: np.ndarray) -> HnswIndex:
+        """Remove the ``removed`` row ids, add ``added`` with their ``vectors`` (in place; returns self)."""
+        threads = self.opts.threads or (os.cpu_count() or 1)
+        if len(removed):
+            self.index.remove(np.asarray(removed, dtype=np.uint64), compact=False, threads=threads)
+        if len(added):
+            self.index.add(np.asarray(added, dtype=np.uint64), np.ascontiguousarray(vectors), threads=threads)
+        self.size = len(self.index)
+        return self
+
+    def save(self, path: str) -> None:
+        self.index.save(path)
 
     def search(self, query: np.ndarray, count: int) -> np.ndarray:
-        """Candidate positions (approximately the ``count`` nearest), unordered."""
+        """Row ids of (approximately) the ``count`` nearest vectors, unordered."""
         count = min(count, self.size)
         if count <= 0:
             return np.zeros(0, dtype=np.int64)

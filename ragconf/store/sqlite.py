@@ -22,6 +22,7 @@ import hashlib
 import json
 import sqlite3
 import threading
+import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -37,6 +38,7 @@ from ragconf.store.ann import AnnOptions, HnswIndex, usearch_available
 from ragconf.store.bm25index import BM25Index
 from ragconf.store.filters import to_sql
 from ragconf.store.fusion import rrf
+from ragconf.store.persist import IndexFileOptions, IndexFiles
 from ragconf.store.text import analyze
 
 __all__ = ["SQLiteChunkStore"]
@@ -102,11 +104,17 @@ class SQLiteChunkStore:
     """
 
     def __init__(
-        self, path: str | Path, embedding_dim: int = 384, mask_cache: int = 32, ann: AnnOptions | Any = None
+        self,
+        path: str | Path,
+        embedding_dim: int = 384,
+        mask_cache: int = 32,
+        ann: AnnOptions | Any = None,
+        index_files: IndexFileOptions | Any = None,
     ) -> None:
         self.path = Path(path)
         self.embedding_dim = embedding_dim
         self.ann = AnnOptions.parse(ann)
+        index_opts = IndexFileOptions.parse(index_files)
         self._lock = threading.RLock()
         self._local = threading.local()
         self._readers: list[tuple[threading.Thread, sqlite3.Connection]] = []
@@ -129,6 +137,7 @@ class SQLiteChunkStore:
             try:
                 self._db.execute("PRAGMA busy_timeout=10000")
                 self._init_schema()
+                self._files = IndexFiles(self.path, self._store_id(), index_opts)
             except BaseException:
                 self._db.close()
                 raise
@@ -203,6 +212,18 @@ class SQLiteChunkStore:
             side = self.path.with_name(self.path.name + suffix)
             if side.exists():
                 private_file(side)
+
+    def _store_id(self) -> str:
+        """This store file's random id (made once; names its index files). '' when it cannot be written."""
+        row = self._db.execute("SELECT value FROM info WHERE key='store_id'").fetchone()
+        if row is not None:
+            return str(row[0])
+        try:  # not a content change: no generation bump
+            self._db.execute("INSERT OR IGNORE INTO info VALUES ('store_id', ?)", (uuid.uuid4().hex,))
+        except sqlite3.Error:
+            return ""
+        row = self._db.execute("SELECT value FROM info WHERE key='store_id'").fetchone()
+        return str(row[0]) if row else ""
 
     def _reader(self) -> sqlite3.Connection:
         """This thread's read-only connection (opened on first use; those of finished threads are closed)."""
@@ -447,7 +468,12 @@ class SQLiteChunkStore:
         with self._lock:
             snap = self._snapshot(gen)
             if snap.bm25 is None:  # built under the lock: concurrent readers of a new generation wait for one
+                snap.bm25 = self._files.load_bm25(gen)
+                if snap.bm25 is not None:
+                    return snap, snap.bm25
                 snap.bm25 = BM25Index.build(db.execute("SELECT rowid, terms FROM fts ORDER BY rowid"))
+                if self._files.wanted(snap.bm25.size):
+                    self._files.save_bm25(gen, snap.bm25)
             return snap, snap.bm25
 
     def _rows_by_rowid(self, db: sqlite3.Connection, rowids: list[int]) -> dict[int, tuple[Any, ...]]:
@@ -489,6 +515,10 @@ class SQLiteChunkStore:
             if snap.matrix is not None and snap.rowids is not None:
                 return snap, snap.rowids, snap.matrix
             # built under the lock: concurrent readers of a new generation wait for one build
+            saved = self._files.load_dense(gen, self.embedding_dim)
+            if saved is not None:
+                snap.rowids, snap.matrix = saved
+                return snap, snap.rowids, snap.matrix
             ids: list[int] = []
             blobs: list[bytes] = []
             width = 4 * self.embedding_dim
@@ -508,6 +538,8 @@ class SQLiteChunkStore:
                 if ids
                 else np.zeros((0, self.embedding_dim), dtype=np.float32)
             )
+            if self._files.wanted(len(ids)):
+                self._files.save_dense(gen, snap.rowids, snap.matrix)
             return snap, snap.rowids, snap.matrix
 
     def _mask(
@@ -578,10 +610,12 @@ class SQLiteChunkStore:
         k = min(top_k, n_ok)
         if k == 0:
             return [], []
-        ann = None if self.ann.exact(n, n_ok) else self._ann_for(snap, matrix)
+        ann = None if self.ann.exact(n, n_ok) else self._ann_for(gen, snap, rowids, matrix)
         pos: np.ndarray | None = None
         if ann is not None:  # outside the lock: usearch and numpy release the GIL
-            cand = ann.search(q, self.ann.want(k, n, n_ok))
+            keys = ann.search(q, self.ann.want(k, n, n_ok))
+            cand = np.minimum(np.searchsorted(rowids, keys), n - 1)
+            cand = cand[rowids[cand] == keys]  # the graph holds exactly these rows; be safe anyway
             if mask is not None:
                 cand = cand[mask[cand]]
             if len(cand) >= k:
@@ -609,15 +643,79 @@ class SQLiteChunkStore:
                     snap.masks.popitem(last=False)
             return cached
 
-    def _ann_for(self, snap: _Snapshot, matrix: np.ndarray) -> HnswIndex | None:
-        """This generation's HNSW graph, built on first use; None when search should be exact."""
+    def _ann_for(self, gen: int, snap: _Snapshot, rowids: np.ndarray, matrix: np.ndarray) -> HnswIndex | None:
+        """This generation's HNSW graph (loaded from the index files, updated from the previous generation's,
+        or built) on first use; None when search should be exact."""
         opts = self.ann
         if opts.mode == "off" or len(matrix) < opts.min_rows or not usearch_available():
             return None
-        with self._lock:  # built once per generation; concurrent readers wait for it
+        with self._lock:  # made once per generation; concurrent readers wait for it
             if snap.ann is None:
-                snap.ann = HnswIndex(matrix, opts)
+                snap.ann = self._graph(gen, rowids, matrix)
             return snap.ann
+
+    def _graph(self, gen: int, rowids: np.ndarray, matrix: np.ndarray, progress: bool = False) -> HnswIndex:
+        opts, files = self.ann, self._files
+        settings = HnswIndex.settings(opts, self.embedding_dim)
+        path = files.graph_path(gen, settings)
+        if path is not None:
+            loaded = HnswIndex.load(str(path), opts, rowids, matrix, view=True)
+            if loaded is not None:
+                return loaded
+        graph = self._updated_graph(gen, settings, rowids, matrix)
+        if graph is None:
+            graph = HnswIndex.build(rowids, matrix, opts, progress=progress)
+        if files.wanted(len(rowids)):
+            files.save_graph(gen, settings, graph.save)
+        return graph
+
+    def _updated_graph(self, gen: int, settings: str, rowids: np.ndarray, matrix: np.ndarray) -> HnswIndex | None:
+        """The newest saved older generation's graph with the rows changed since removed and added, when at
+        most half of the rows changed; None otherwise."""
+        files = self._files
+        base = files.latest(gen)
+        path = files.graph_path(base, settings) if base is not None else None
+        old = files.load_dense(base, self.embedding_dim) if base is not None else None
+        if path is None or old is None:
+            return None
+        old_rowids, old_matrix = old
+        graph = HnswIndex.load(str(path), self.ann, old_rowids, old_matrix, view=False)
+        if graph is None:
+            return None
+        kept = np.intersect1d(old_rowids, rowids, assume_unique=True)
+        pos_old = np.searchsorted(old_rowids, kept)
+        pos_new = np.searchsorted(rowids, kept)
+        changed = np.zeros(len(kept), dtype=bool)
+        for i in range(0, len(kept), 65_536):  # a row id reused by a later insert holds another vector
+            sl = slice(i, i + 65_536)
+            changed[sl] = np.any(old_matrix[pos_old[sl]] != matrix[pos_new[sl]], axis=1)
+        removed = np.union1d(np.setdiff1d(old_rowids, rowids, assume_unique=True), kept[changed])
+        added = np.union1d(np.setdiff1d(rowids, old_rowids, assume_unique=True), kept[changed])
+        if len(removed) + len(added) > len(rowids) // 2:
+            return None
+        return graph.update(removed, added, matrix[np.searchsorted(rowids, added)])
+
+    def warm(self, progress: bool = False) -> dict[str, float]:
+        """Make (and, for a large store, save as index files) the current generation's BM25 index, dense matrix
+        and HNSW graph, so the first query does not pay for them; seconds per part. Ingest calls it."""
+        import time
+
+        took: dict[str, float] = {}
+        with self._read("preparing indexes") as (db, gen):
+            t0 = time.perf_counter()
+            self._load_bm25(db, gen)
+            took["bm25"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            snap, rowids, matrix = self._load_matrix(db, gen)
+            took["dense"] = time.perf_counter() - t0
+            opts = self.ann
+            if opts.mode != "off" and len(matrix) >= opts.min_rows and usearch_available():
+                t0 = time.perf_counter()
+                with self._lock:
+                    if snap.ann is None:
+                        snap.ann = self._graph(gen, rowids, matrix, progress=progress)
+                took["hnsw"] = time.perf_counter() - t0
+        return took
 
     def hybrid_retrieval(
         self,
