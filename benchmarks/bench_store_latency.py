@@ -202,9 +202,9 @@ def main() -> None:
             write_s = time.perf_counter() - t0
             qs = queries(rng, args.queries)
             took = store.warm()  # what ingest does after a write
+            hnsw = f"{took['hnsw']:.1f}s" if "hnsw" in took else "off (exact search)"
             print(f"{n:>9} chunks: write {write_s:.1f}s ({n / write_s:,.0f} chunks/s), BM25 index "
-                  f"{took['bm25']:.1f}s, vectors {took['dense']:.1f}s, HNSW "
-                  f"{took['hnsw']:.1f}s" if "hnsw" in took else "off: exact", flush=True)  # fmt: skip
+                  f"{took['bm25']:.1f}s, vectors {took['dense']:.1f}s, HNSW {hnsw}", flush=True)  # fmt: skip
             t0 = time.perf_counter()  # a new process (a CLI ask): opens the store and answers one query
             fresh = SQLiteChunkStore(store.path, embedding_dim=DIM)
             fresh.hybrid_retrieval(qs[0][0], qs[0][1].tolist(), top_k=10)
