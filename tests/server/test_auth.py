@@ -73,26 +73,35 @@ def test_key_of_a_user_absent_from_the_directory_is_403(server: Server) -> None:
     assert audit_lines(server) == before
 
 
-@pytest.mark.parametrize(
-    "extra",
-    [
-        {"user": "alice"},
-        {"user_id": "alice"},
-        {"overrides": ["identity.users_dir=/tmp"]},
-        {"policy": {"bundle": "/tmp"}},
-        {"store": {"path": "/tmp/x.sqlite"}},
-        {"principal": {"id": "alice", "groups": ["sre"]}},
-    ],
-)
+SETS_CONFIG = [
+    {"user_id": "alice"},
+    {"overrides": ["identity.users_dir=/tmp"]},
+    {"policy": {"bundle": "/tmp"}},
+    {"store": {"path": "/tmp/x.sqlite"}},
+    {"pipeline": {"retriever": {"top_k": 500}}},
+    {"principal": {"id": "alice", "groups": ["sre"]}},
+]
+
+
+@pytest.mark.parametrize("extra", [{"user": "alice"}, *SETS_CONFIG])
 def test_body_cannot_set_identity_or_config(server: Server, extra: dict) -> None:
     before = audit_lines(server)
     r = httpx.post(server.url + "/v1/ask", json={**Q, **extra}, headers=server.headers("carol"))
     assert r.status_code == 422
     assert "requests cannot set it" in r.json()["detail"]
+    assert audit_lines(server) == before
+
+
+@pytest.mark.parametrize("extra", [*SETS_CONFIG, {"profile": "default"}, {"top_k": 5}])
+def test_chat_body_cannot_set_identity_or_config(server: Server, extra: dict) -> None:
+    """OpenAI's own fields are accepted (test_endpoints; `user` is only a label there); anything else is a 422.
+    OpenAI's `store` is a boolean: an object under it is refused too."""
+    before = audit_lines(server)
     chat = {"model": "ragconf", "messages": [{"role": "user", "content": Q["question"]}], **extra}
-    assert (
-        httpx.post(server.url + "/v1/chat/completions", json=chat, headers=server.headers("carol")).status_code == 422
-    )
+    r = httpx.post(server.url + "/v1/chat/completions", json=chat, headers=server.headers("carol"))
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["type"] == "invalid_request_error" and next(iter(extra)) in error["message"]
     assert audit_lines(server) == before
 
 

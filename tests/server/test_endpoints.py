@@ -1,5 +1,6 @@
 """The endpoints through the real server: /v1/ask (JSON and SSE), /v1/retrieve, /v1/chat/completions with the
-official openai SDK (streaming and not), /v1/feedback on the ask's MLflow run, health, metrics, limits, docs."""
+official openai SDK (streaming and not, with the OpenAI request fields chat UIs send), /v1/feedback on the ask's
+MLflow run, health, metrics, limits, docs."""
 
 from __future__ import annotations
 
@@ -120,6 +121,128 @@ def test_chat_completions_stream_with_the_openai_sdk(openai_client: Any) -> None
     finals = [c for c in chunks if c.choices and c.choices[0].finish_reason == "stop"]
     assert len(finals) == 1 and finals[0].model_extra["citations"]
     assert chunks[-1].usage is not None
+
+
+# what chat UIs and SDK users send along: OpenAI's documented request fields, which ragconf accepts and ignores
+OPENAI_PARAMS: dict[str, Any] = {
+    "temperature": 0.2,
+    "top_p": 0.9,
+    "max_tokens": 256,
+    "max_completion_tokens": 256,
+    "n": 1,
+    "stop": ["\n\n\n"],
+    "presence_penalty": 0.1,
+    "frequency_penalty": 0.1,
+    "seed": 7,
+    "logit_bias": {"50256": -100},
+    "logprobs": False,
+    "user": "alice",  # OpenAI's end-user label: never the principal
+    "safety_identifier": "hash-of-alice",
+    "metadata": {"user_id": "alice", "app": "chat-ui"},
+    "store": False,
+    "tools": [
+        {
+            "type": "function",
+            "function": {"name": "lookup", "description": "Look it up", "parameters": {"type": "object"}},
+        }
+    ],
+    "tool_choice": "auto",
+    "parallel_tool_calls": False,
+    "response_format": {"type": "text"},
+    "reasoning_effort": "low",
+    "service_tier": "auto",
+    "verbosity": "low",
+    "prompt_cache_key": "chat-ui",
+    "modalities": ["text"],
+}
+
+
+def _audit_principals(server: Server, run_id: str) -> set[str]:
+    path = server.work / "state" / "audit.jsonl"
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if run_id in line]
+    return {line["principal"] for line in lines if line.get("run_id") == run_id}
+
+
+def test_chat_accepts_openai_request_fields_and_user_is_not_the_principal(server: Server) -> None:
+    """carol (public material only) sends `user: "alice"` and every other common OpenAI field, through the SDK,
+    with and without streaming: 200, and the answer is carol's, not alice's."""
+    import openai
+
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=server.keys["carol"], max_retries=0, timeout=60)
+    messages = [{"role": "user", "content": FAILOVER}]
+    plain = client.chat.completions.create(model="ragconf", messages=messages)
+    out = client.chat.completions.create(model="ragconf", messages=messages, **OPENAI_PARAMS)
+    assert out.choices[0].message.content == plain.choices[0].message.content
+    extra = out.model_extra["ragconf"]
+    assert extra["documents"] == plain.model_extra["ragconf"]["documents"]
+    assert "engineering/database-failover.md" not in {c["doc_id"] for c in out.model_extra["citations"]}
+    assert _audit_principals(server, extra["run_id"]) == {"carol"}
+    alice = openai.OpenAI(base_url=server.url + "/v1", api_key=server.keys["alice"], max_retries=0, timeout=60)
+    assert (
+        alice.chat.completions.create(model="ragconf", messages=messages).model_extra["ragconf"]["documents"]
+        != (extra["documents"])
+    )
+
+    stream = client.chat.completions.create(
+        model="ragconf",
+        messages=messages,
+        stream=True,
+        stream_options={"include_usage": True},
+        **OPENAI_PARAMS,
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.strip() == plain.choices[0].message.content.strip() and chunks[-1].usage is not None
+    (final,) = [c for c in chunks if c.choices and c.choices[0].finish_reason == "stop"]
+    assert final.model_extra["ragconf"]["documents"] == extra["documents"]
+    assert _audit_principals(server, final.model_extra["ragconf"]["run_id"]) == {"carol"}
+
+
+def test_chat_accepts_a_client_history_with_tool_calls(server: Server) -> None:
+    history = [
+        {"role": "system", "content": "You are helpful."},
+        {"role": "user", "content": "Look up the office hours"},
+        {
+            "role": "assistant",
+            "content": None,
+            "refusal": None,
+            "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "no result"},
+        {"role": "user", "content": [{"type": "text", "text": FAILOVER}]},
+    ]
+    r = httpx.post(
+        server.url + "/v1/chat/completions",
+        json={"model": "ragconf", "messages": history, "user": "alice"},
+        headers=server.headers("carol"),
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    assert _audit_principals(server, r.json()["ragconf"]["run_id"]) == {"carol"}
+
+
+@pytest.mark.parametrize(
+    ("extra", "status"),
+    [
+        ({"n": 2}, 422),  # one answer per request
+        ({"user": {"id": "alice"}}, 422),  # OpenAI's `user` is a string label
+        ({"metadata": {"principal": {"groups": ["sre"]}}}, 422),  # string values only
+        ({"temprature": 0.2}, 422),  # a misspelt field is unknown, not ignored
+        ({"tools": [{"type": "function", "function": {"description": "x" * 25000}}]}, 413),
+    ],
+)
+def test_chat_still_validates_and_limits(server: Server, extra: dict[str, Any], status: int) -> None:
+    body = {"model": "ragconf", "messages": [{"role": "user", "content": FAILOVER}], **extra}
+    r = httpx.post(server.url + "/v1/chat/completions", json=body, headers=server.headers("carol"), timeout=60)
+    assert r.status_code == status, r.text
+    if status == 422:
+        assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_chat_question_limit_holds_with_openai_fields(server: Server) -> None:
+    long = {**OPENAI_PARAMS, "messages": [{"role": "user", "content": "why " * 200}]}
+    r = httpx.post(server.url + "/v1/chat/completions", json=long, headers=server.headers("carol"), timeout=60)
+    assert r.status_code == 422 and "max_question_chars" in r.json()["error"]["message"]
 
 
 def test_chat_refusal_and_auth_errors_are_openai_errors(server: Server) -> None:
