@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.sse import format_sse_event
 
 from ragconf.errors import PolicyError, RagconfError, SpecError
-from ragconf.server.auth import Authenticator, AuthError
+from ragconf.server.auth import Authenticator, AuthError, FailedAuthLimiter
 from ragconf.server.metrics import Metrics
 from ragconf.server.schemas import AskBody, ChatBody, FeedbackBody, RetrieveBody
 from ragconf.service import NO_CITED_ANSWER, RagService
@@ -252,7 +252,33 @@ class ServerState:
         self.pool = ThreadPoolExecutor(max_workers=self.spec.threads, thread_name_prefix="ragconf-worker")
         self.pending = 0  # running or queued in the pool (touched only on the event loop)
         self.limiter = RateLimiter(self.spec.rate_limit_per_minute)
+        self.failures = FailedAuthLimiter(self.spec.auth.failed_attempts)
         self.jobs = IngestJobs(service)
+
+    def authenticate(self, request: Request) -> Principal:
+        """The request's principal. A client address past ``serve.auth.failed_attempts`` gets 429 before any
+        credential it sent is looked at; a credential that fails (401) counts against its address."""
+        client = request.client.host if request.client else "unknown"
+        wait = self.failures.retry_after(client)
+        if wait:
+            spec = self.spec.auth.failed_attempts
+            raise ApiError(
+                429,
+                f"too many failed authentications from this address (serve.auth.failed_attempts.limit={spec.limit} "
+                f"in {spec.window_s:g}s); retry in {wait}s",
+                headers={"Retry-After": str(wait)},
+            )
+        try:
+            return self.auth.authenticate(request.headers)
+        except AuthError as exc:
+            if exc.status == 401 and exc.presented and self.failures.failed(client):
+                spec = self.spec.auth.failed_attempts
+                print(
+                    f"ragconf serve: {spec.limit} failed authentications from {client} within {spec.window_s:g}s; "
+                    f"answering it 429 for {self.failures.retry_after(client)}s",
+                    file=sys.stderr,
+                )
+            raise ApiError(exc.status, exc.detail) from None
 
     def submit(self, fn: Callable[[], Any]) -> asyncio.Future[Any]:
         """Run ``fn`` in the worker pool; 503 when ``threads + max_queue`` requests are already waiting."""
@@ -382,7 +408,12 @@ def create_app(service: RagService, *, warm_up: bool = True) -> FastAPI:
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else exc.headers
         if request.url.path == "/v1/chat/completions":
-            kind = {401: "authentication_error", 403: "permission_denied", 422: "invalid_request_error"}
+            kind = {
+                401: "authentication_error",
+                403: "permission_denied",
+                422: "invalid_request_error",
+                429: "rate_limit_exceeded",
+            }
             body: dict[str, Any] = {
                 "error": {"message": exc.detail, "type": kind.get(exc.status, "server_error"), "code": exc.status}
             }
@@ -401,10 +432,7 @@ def create_app(service: RagService, *, warm_up: bool = True) -> FastAPI:
         return await api_error(request, ApiError(422, "invalid request body: " + "; ".join(problems)))
 
     async def principal(request: Request) -> Principal:
-        try:
-            user = state.auth.authenticate(request.headers)
-        except AuthError as exc:
-            raise ApiError(exc.status, exc.detail) from None
+        user = state.authenticate(request)
         state.limiter.check(user.id)
         return user
 
@@ -420,8 +448,8 @@ def create_app(service: RagService, *, warm_up: bool = True) -> FastAPI:
 
     def _is_admin(request: Request) -> bool:
         try:
-            return bool(state.auth.is_admin(state.auth.authenticate(request.headers)))
-        except Exception:  # no or bad credentials: a probe, not an operator
+            return bool(state.auth.is_admin(state.authenticate(request)))
+        except Exception:  # no or bad credentials (a bad one counts as a failed attempt), or blocked: a probe
             return False
 
     @app.get("/readyz", tags=["health"])

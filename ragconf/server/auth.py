@@ -4,7 +4,8 @@ Credentials come only from headers (``Authorization: Bearer <key or JWT>`` or ``
 a request body can name a user. The identity directory decides who a user is: an authenticated id the
 directory does not know is refused (403). With ``serve.auth.jwt.claims_win`` the mapped token claims
 (groups, tenant, clearance) replace the directory's values; otherwise the directory wins and claims are ignored.
-Keys and tokens are never logged, echoed in an error or kept after the request.
+Keys and tokens are never logged, echoed in an error or kept after the request. Failed authentications are
+counted per client address (:class:`FailedAuthLimiter`, ``serve.auth.failed_attempts``).
 """
 
 from __future__ import annotations
@@ -12,16 +13,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import os
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ragconf.errors import SpecError
-from ragconf.spec.models import ApiKeySpec, AuthSpec
+from ragconf.spec.models import ApiKeySpec, AuthSpec, FailedAttemptsSpec
 from ragconf.types import CLASSIFICATIONS, Principal
 
-__all__ = ["AuthError", "Authenticator", "hash_key"]
+__all__ = ["AuthError", "Authenticator", "FailedAuthLimiter", "hash_key"]
 
 
 def hash_key(key: str) -> str:
@@ -35,6 +40,8 @@ class AuthError(Exception):
 
     status: int
     detail: str
+    #: False when the request sent no credential at all (nothing was guessed: not a failed attempt).
+    presented: bool = True
 
 
 def _load_keys(spec: AuthSpec) -> list[ApiKeySpec]:
@@ -120,7 +127,7 @@ class Authenticator:
     def authenticate(self, headers: Any) -> Principal:
         token = _credential(headers)
         if not token:
-            raise AuthError(401, "missing credentials: send 'Authorization: Bearer <API key or JWT>'")
+            raise AuthError(401, "missing credentials: send 'Authorization: Bearer <API key or JWT>'", presented=False)
         if token.count(".") == 2 and self.spec.jwt.enabled:
             user, claims = self._verify_jwt(token)
         else:
@@ -209,6 +216,49 @@ class Authenticator:
     def is_admin(self, principal: Principal) -> bool:
         roles = principal.attributes.get("roles")
         return isinstance(roles, list) and self.spec.admin_role in roles
+
+
+class FailedAuthLimiter:
+    """``serve.auth.failed_attempts``: the times of the last ``limit`` failed authentications of each client
+    address, a sliding window. A client with ``limit`` failures younger than ``window_s`` is blocked until the
+    oldest leaves the window. Memory is bounded: at most ``max_clients`` addresses (expired ones are dropped
+    first, then the least recently failing), each with at most ``limit`` times. It only ever sees addresses,
+    never credentials. Used only on the event loop, so it needs no lock."""
+
+    def __init__(self, spec: FailedAttemptsSpec, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limit = spec.limit
+        self.window = spec.window_s
+        self.max_clients = spec.max_clients
+        self.clock = clock
+        self.clients: OrderedDict[str, deque[float]] = OrderedDict()  # least recently failing first
+
+    def retry_after(self, client: str) -> int:
+        """Whole seconds until ``client`` may try again; 0 when it is not blocked."""
+        times = self.clients.get(client)
+        if not self.limit or times is None or len(times) < self.limit:
+            return 0
+        wait = times[0] + self.window - self.clock()
+        return max(1, math.ceil(wait)) if wait > 0 else 0
+
+    def failed(self, client: str) -> bool:
+        """Record a failed authentication of ``client``; True when this failure blocks it."""
+        if not self.limit:
+            return False
+        now = self.clock()
+        while self.clients:  # forget clients whose last failure left the window (oldest first)
+            oldest = next(iter(self.clients.values()))
+            if oldest[-1] + self.window > now:
+                break
+            self.clients.popitem(last=False)
+        times = self.clients.get(client)
+        if times is None:
+            while len(self.clients) >= self.max_clients:
+                self.clients.popitem(last=False)
+            times = self.clients[client] = deque(maxlen=self.limit)
+        else:
+            self.clients.move_to_end(client)
+        times.append(now)
+        return len(times) == self.limit and times[0] + self.window > now
 
 
 def _credential(headers: Any) -> str | None:

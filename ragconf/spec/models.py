@@ -19,6 +19,7 @@ __all__ = [
     "ElasticsearchStoreSpec",
     "EmbedderSpec",
     "EvalSpec",
+    "FailedAttemptsSpec",
     "GeneratorSpec",
     "IdentitySpec",
     "IndexingSpec",
@@ -392,6 +393,19 @@ class JwtSpec(_Strict):
         return bool(self.secret_env or self.public_key_file or self.jwks_file)
 
 
+class FailedAttemptsSpec(_Strict):
+    """A brake on guessing keys and tokens: failed authentications (401 for credentials that were sent) per
+    client address, in a sliding window kept in each process. Past `limit` failures within `window_s` the client
+    gets 429 with `Retry-After` before any credential it sends is checked, until the oldest failure leaves the
+    window."""
+
+    #: Failed authentications a client address may make within `window_s`; 0 = no limit.
+    limit: int = Field(20, ge=0)
+    window_s: float = Field(60.0, gt=0)
+    #: Client addresses tracked at most (memory bound); the least recently failing one is forgotten first.
+    max_clients: int = Field(10000, gt=0)
+
+
 class AuthSpec(_Strict):
     api_keys: list[ApiKeySpec] = Field(default_factory=list)
     #: A YAML file with more keys: a list of {sha256, user, name} (keeps digests out of the config).
@@ -399,6 +413,7 @@ class AuthSpec(_Strict):
     jwt: JwtSpec = Field(default_factory=JwtSpec)
     #: Users whose directory entry lists this role in `attributes.roles` may call /v1/admin/*.
     admin_role: str = "admin"
+    failed_attempts: FailedAttemptsSpec = Field(default_factory=FailedAttemptsSpec)
 
 
 class ServeSpec(_Strict):

@@ -1,7 +1,9 @@
 """A real `ragconf serve` (uvicorn, subprocess) on 127.0.0.1 over the handbook example, ingested once.
 
 Users: the handbook personas plus `root` (admin role) and `ghost` (holds a valid key, absent from the
-directory). Auth: API keys from a YAML file of sha256 digests, and HS256 JWTs (secret in an env variable)."""
+directory). Auth: API keys from a YAML file of sha256 digests, and HS256 JWTs (secret in an env variable).
+Every client connects from 127.0.0.1 unless a test binds another loopback address (`client_from`): the
+failed-authentication limit counts per client address."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -133,6 +136,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         yield srv
     finally:
         stop(srv)
+
+
+def client_from(address: str, **kwargs: Any) -> httpx.Client:
+    """An httpx client whose connections come from ``address`` (any 127.x.y.z on Linux): another client
+    address for the server."""
+    return httpx.Client(transport=httpx.HTTPTransport(local_address=address), **kwargs)
 
 
 def audit_lines(server: Server) -> int:

@@ -1,6 +1,7 @@
 """Authentication and authorisation through the real server: every bad credential is refused before anything
 is retrieved (no policy decision is even made), bodies cannot pick a user or an override, admin endpoints need
-the directory's admin role, and no key or token ends up in the audit log, MLflow or the server log."""
+the directory's admin role, failed authentications are limited per client address, and no key or token ends
+up in the audit log, MLflow or the server log."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import fcntl
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import httpx
 import jwt
 import pytest
 
-from tests.server.conftest import AUDIENCE, ISSUER, JWT_SECRET, Server, audit_lines
+from tests.server.conftest import AUDIENCE, ISSUER, JWT_SECRET, Server, audit_lines, client_from, start, stop
 
 Q = {"question": "When should we fail over the primary database?"}
 
@@ -192,6 +193,87 @@ def test_admin_ingest_job_reports_why_it_failed(server: Server) -> None:
         os.close(fd)
     assert job["status"] == "failed" and "another ingest" in job["error"], job
     assert _ingest_job(server)["status"] == "succeeded"
+
+
+@pytest.fixture(scope="module")
+def open_server(server: Server) -> Iterator[Server]:
+    """A second server over the same ingested work dir with a small failed-attempt budget (3 in 3 s, at most 2
+    tracked client addresses)."""
+    srv = start(
+        server.work,
+        server.keys,
+        [
+            *server.overrides,
+            "serve.auth.failed_attempts.limit=3",
+            "serve.auth.failed_attempts.window_s=3",
+            "serve.auth.failed_attempts.max_clients=2",
+        ],
+    )
+    try:
+        yield srv
+    finally:
+        stop(srv)
+
+
+def test_failed_authentications_are_limited_per_client_address(server: Server) -> None:
+    """The defaults (20 failures a minute per address): the 21st attempt of a guessing client is a 429 with
+    Retry-After, and so is everything it sends next (its valid credentials too: nothing is checked), while other
+    addresses keep their own budget. The lockout is logged with the address, never a key."""
+    import openai
+
+    guesses = [bearer(f"rk-guess-{i}") if i % 2 else bearer(token(secret="x" * 40)) for i in range(20)]
+    with (
+        client_from("127.0.0.2", base_url=server.url, timeout=30) as attacker,
+        client_from("127.0.0.3", base_url=server.url, timeout=30) as other,
+    ):
+        for headers in guesses:
+            assert attacker.post("/v1/retrieve", json=Q, headers=headers).status_code == 401
+        r = attacker.post("/v1/retrieve", json=Q, headers=bearer("rk-guess-more"))
+        assert r.status_code == 429 and 1 <= int(r.headers["retry-after"]) <= 60, r.text
+        assert "serve.auth.failed_attempts.limit=20" in r.json()["detail"] and "www-authenticate" not in r.headers
+        before = audit_lines(server)
+        for path, headers in (("/v1/retrieve", server.headers("alice")), ("/v1/ask", bearer(token("alice")))):
+            blocked = attacker.post(path, json=Q, headers=headers)
+            assert blocked.status_code == 429 and int(blocked.headers["retry-after"]) >= 1
+        sdk = openai.OpenAI(
+            base_url=server.url + "/v1", api_key=server.keys["alice"], max_retries=0, http_client=attacker
+        )
+        with pytest.raises(openai.RateLimitError):
+            sdk.chat.completions.create(model="ragconf", messages=[{"role": "user", "content": Q["question"]}])
+        assert audit_lines(server) == before, "a blocked client reached the policy engine"
+        # a readiness probe from that address still gets its answer (without the admin's details)
+        assert attacker.get("/readyz", headers=server.headers("root")).json() == {"ready": True}
+        # other addresses are unaffected: their failures are their own, their valid keys work
+        assert other.post("/v1/retrieve", json=Q, headers=bearer("rk-guess-other")).status_code == 401
+        assert other.post("/v1/retrieve", json=Q, headers=server.headers("carol")).status_code == 200
+    assert httpx.post(server.url + "/v1/retrieve", json=Q, headers=server.headers("alice")).status_code == 200
+    log = server.log.read_text(encoding="utf-8")
+    assert "20 failed authentications from 127.0.0.2 within 60s" in log
+    assert "rk-guess" not in log and "127.0.0.3 within" not in log
+
+
+def test_failed_attempts_expire_and_memory_is_bounded(open_server: Server) -> None:
+    """3 failures in 3 s block an address until the oldest is 3 s old; requests without credentials guess
+    nothing and do not count; at most 2 addresses are tracked, the least recently failing is forgotten first."""
+    url, valid = open_server.url, open_server.headers("carol")
+    with client_from("127.0.0.4", base_url=url) as anonymous:
+        for _ in range(5):
+            assert anonymous.post("/v1/retrieve", json=Q).status_code == 401
+        assert anonymous.post("/v1/retrieve", json=Q, headers=valid).status_code == 200
+    with client_from("127.0.0.5", base_url=url) as a:
+        for _ in range(3):
+            assert a.post("/v1/retrieve", json=Q, headers=bearer("rk-guess")).status_code == 401
+        r = a.post("/v1/retrieve", json=Q, headers=valid)
+        assert r.status_code == 429 and int(r.headers["retry-after"]) in (1, 2, 3)
+        time.sleep(int(r.headers["retry-after"]) + 0.2)
+        assert a.post("/v1/retrieve", json=Q, headers=valid).status_code == 200
+        for _ in range(3):
+            assert a.post("/v1/retrieve", json=Q, headers=bearer("rk-guess")).status_code == 401
+        assert a.post("/v1/retrieve", json=Q, headers=valid).status_code == 429
+        for address in ("127.0.0.6", "127.0.0.7"):  # two more addresses fail: 127.0.0.5 is forgotten
+            with client_from(address, base_url=url) as c:
+                assert c.post("/v1/retrieve", json=Q, headers=bearer("rk-guess")).status_code == 401
+        assert a.post("/v1/retrieve", json=Q, headers=valid).status_code == 200
 
 
 def _files(root: Path) -> list[Path]:

@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ragconf.errors import SpecError
 from ragconf.identity import Directory
-from ragconf.server.auth import Authenticator, AuthError, hash_key
-from ragconf.spec.models import AuthSpec, IdentitySpec, UserSpec
+from ragconf.server.auth import Authenticator, AuthError, FailedAuthLimiter, hash_key
+from ragconf.spec.models import AuthSpec, FailedAttemptsSpec, IdentitySpec, UserSpec
 
 DIRECTORY = Directory(IdentitySpec(users={"alice": UserSpec(groups=["sre"], tenant="acme", clearance="confidential")}))
 
@@ -123,3 +123,39 @@ def test_api_keys_and_config_mistakes(tmp_path: Path, monkeypatch: pytest.Monkey
     bad.write_text("- {sha256: not-a-digest, user: alice}\n")
     with pytest.raises(SpecError, match="sha256"):
         Authenticator(AuthSpec.model_validate({"api_keys_file": str(bad)}), DIRECTORY)
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_failed_auth_limiter_sliding_window_and_client_cap() -> None:
+    clock = _Clock()
+    limiter = FailedAuthLimiter(FailedAttemptsSpec(limit=3, window_s=10, max_clients=2), clock=clock)
+    blocked = []
+    for _ in range(3):  # failures at t=1000, 1002, 1004
+        blocked.append(limiter.failed("a"))
+        clock.now += 2
+    assert blocked == [False, False, True]
+    clock.now -= 2
+    assert limiter.retry_after("a") == 6 and limiter.retry_after("b") == 0  # until t=1000 is 10 s old
+    clock.now += 5.5
+    assert limiter.retry_after("a") == 1  # 0.5 s, rounded up
+    clock.now += 1
+    assert limiter.retry_after("a") == 0
+    # a sliding window, not a reset: one more failure now blocks until t=1002 is 10 s old
+    assert limiter.failed("a") is True and limiter.retry_after("a") == 2
+    # at most max_clients addresses: the least recently failing is forgotten first
+    assert limiter.failed("b") is False and limiter.failed("c") is False
+    assert list(limiter.clients) == ["b", "c"] and limiter.retry_after("a") == 0
+    # expired addresses are dropped when the next failure is recorded
+    clock.now += 11
+    limiter.failed("d")
+    assert list(limiter.clients) == ["d"]
+    assert all(len(times) <= 3 for times in limiter.clients.values())
+    off = FailedAuthLimiter(FailedAttemptsSpec(limit=0), clock=clock)
+    assert not any(off.failed("a") for _ in range(100)) and off.retry_after("a") == 0 and not off.clients
