@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.sse import format_sse_event
 
 from ragconf.errors import PolicyError, RagconfError, SpecError
-from ragconf.server.auth import Authenticator, AuthError, FailedAuthLimiter
+from ragconf.server.auth import Authenticator, AuthError, FailedAuthLimiter, has_role
 from ragconf.server.metrics import Metrics
 from ragconf.server.schemas import AskBody, ChatBody, FeedbackBody, RetrieveBody
 from ragconf.service import NO_CITED_ANSWER, RagService
@@ -465,7 +465,14 @@ def create_app(service: RagService, *, warm_up: bool = True) -> FastAPI:
         return JSONResponse({"ready": True, **(info if admin else {})})
 
     @app.get("/metrics", tags=["health"])
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        """Prometheus. With ``serve.metrics.auth`` (the default) only for the ``serve.metrics.role`` or admin
+        role: 401 without credentials, 403 for other users, never the metrics."""
+        if state.spec.metrics.auth:
+            user = state.authenticate(request)
+            role = state.spec.metrics.role
+            if not (has_role(user, role) or state.auth.is_admin(user)):
+                raise ApiError(403, f"user '{user.id}' lacks the '{role}' or '{state.spec.auth.admin_role}' role")
         data, ctype = state.metrics.render()
         return Response(data, media_type=ctype)
 

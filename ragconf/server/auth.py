@@ -214,8 +214,13 @@ class Authenticator:
         return principal
 
     def is_admin(self, principal: Principal) -> bool:
-        roles = principal.attributes.get("roles")
-        return isinstance(roles, list) and self.spec.admin_role in roles
+        return has_role(principal, self.spec.admin_role)
+
+
+def has_role(principal: Principal, role: str) -> bool:
+    """Whether the directory entry lists ``role`` in ``attributes.roles``."""
+    roles = principal.attributes.get("roles")
+    return isinstance(roles, list) and role in roles
 
 
 class FailedAuthLimiter:

@@ -24,6 +24,7 @@ __all__ = [
     "IdentitySpec",
     "IndexingSpec",
     "JudgeSpec",
+    "MetricsSpec",
     "PipelineSpec",
     "PolicySpec",
     "ProjectSpec",
@@ -416,6 +417,16 @@ class AuthSpec(_Strict):
     failed_attempts: FailedAttemptsSpec = Field(default_factory=FailedAttemptsSpec)
 
 
+class MetricsSpec(_Strict):
+    """`GET /metrics` (Prometheus)."""
+
+    #: True: a scrape needs the credentials of a user with `role` or the admin role (401/403 otherwise).
+    #: False: anyone may scrape (restrict /metrics at the proxy or network instead).
+    auth: bool = True
+    #: The role (in the directory entry's `attributes.roles`) that may scrape without being an admin.
+    role: str = "metrics"
+
+
 class ServeSpec(_Strict):
     """`ragconf serve`: fixed at start; no request can change it."""
 
@@ -434,6 +445,7 @@ class ServeSpec(_Strict):
     #: Requests per minute per authenticated user and process (429 beyond); 0 = no limit.
     rate_limit_per_minute: int = Field(0, ge=0)
     auth: AuthSpec = Field(default_factory=AuthSpec)
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
 
 
 class RagconfSpec(_Strict):

@@ -1,9 +1,9 @@
 """A real `ragconf serve` (uvicorn, subprocess) on 127.0.0.1 over the handbook example, ingested once.
 
-Users: the handbook personas plus `root` (admin role) and `ghost` (holds a valid key, absent from the
-directory). Auth: API keys from a YAML file of sha256 digests, and HS256 JWTs (secret in an env variable).
-Every client connects from 127.0.0.1 unless a test binds another loopback address (`client_from`): the
-failed-authentication limit counts per client address."""
+Users: the handbook personas plus `root` (admin role), `prom` (the metrics role: a Prometheus scraper) and
+`ghost` (holds a valid key, absent from the directory). Auth: API keys from a YAML file of sha256 digests, and
+HS256 JWTs (secret in an env variable). Every client connects from 127.0.0.1 unless a test binds another
+loopback address (`client_from`): the failed-authentication limit counts per client address."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from tests.conftest import ROOT, run_cli
 JWT_SECRET = "test-secret-0123456789abcdef0123456789abcdef"
 ISSUER = "https://idp.test"
 AUDIENCE = "ragconf"
-USERS = ("alice", "bob", "carol", "gina", "root", "ghost")
+USERS = ("alice", "bob", "carol", "gina", "root", "prom", "ghost")
 
 
 def free_port() -> int:
@@ -61,6 +61,7 @@ def make_world(work: Path) -> tuple[dict[str, str], list[str]]:
     (users / "root.yaml").write_text(
         "groups: [employees]\ntenant: acme\nclearance: internal\nattributes: {roles: [admin]}\n", encoding="utf-8"
     )
+    (users / "prom.yaml").write_text("groups: []\ntenant: acme\nattributes: {roles: [metrics]}\n", encoding="utf-8")
     shutil.copytree(ROOT / "policies", work / "policies")
     keys = {u: f"rk-{u}-{hashlib.sha256(u.encode()).hexdigest()[:24]}" for u in USERS}
     lines = [

@@ -1,7 +1,8 @@
 """Authentication and authorisation through the real server: every bad credential is refused before anything
 is retrieved (no policy decision is even made), bodies cannot pick a user or an override, admin endpoints need
-the directory's admin role, failed authentications are limited per client address, and no key or token ends
-up in the audit log, MLflow or the server log."""
+the directory's admin role, /metrics needs the metrics or admin role (unless serve.metrics.auth=false), failed
+authentications are limited per client address, and no key or token ends up in the audit log, MLflow or the
+server log."""
 
 from __future__ import annotations
 
@@ -195,15 +196,34 @@ def test_admin_ingest_job_reports_why_it_failed(server: Server) -> None:
     assert _ingest_job(server)["status"] == "succeeded"
 
 
+def test_metrics_need_the_metrics_or_admin_role(server: Server) -> None:
+    """serve.metrics.auth defaults to true: an unauthenticated or wrongly authenticated scrape gets 401 and an
+    ordinary user 403, never the metrics; the metrics role (a scraper with no groups) and admins get them."""
+    with client_from("127.0.0.9", base_url=server.url) as scraper:
+        for headers in ({}, bearer("rk-not-a-key"), {"X-API-Key": "rk-not-a-key"}):
+            r = scraper.get("/metrics", headers=headers)
+            assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", r.text
+            assert "ragconf_" not in r.text and r.headers["content-type"] == "application/json"
+    for user in ("carol", "alice"):
+        r = httpx.get(server.url + "/metrics", headers=server.headers(user))
+        assert r.status_code == 403 and "'metrics' or 'admin' role" in r.json()["detail"]
+        assert "ragconf_" not in r.text
+    for headers in (server.headers("prom"), server.headers("root"), bearer(token("prom"))):
+        r = httpx.get(server.url + "/metrics", headers=headers)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+        assert 'ragconf_denials_total{route="/metrics"}' in r.text
+
+
 @pytest.fixture(scope="module")
 def open_server(server: Server) -> Iterator[Server]:
-    """A second server over the same ingested work dir with a small failed-attempt budget (3 in 3 s, at most 2
-    tracked client addresses)."""
+    """A second server over the same ingested work dir: `/metrics` open (serve.metrics.auth=false) and a small
+    failed-attempt budget (3 in 3 s, at most 2 tracked client addresses)."""
     srv = start(
         server.work,
         server.keys,
         [
             *server.overrides,
+            "serve.metrics.auth=false",
             "serve.auth.failed_attempts.limit=3",
             "serve.auth.failed_attempts.window_s=3",
             "serve.auth.failed_attempts.max_clients=2",
@@ -213,6 +233,12 @@ def open_server(server: Server) -> Iterator[Server]:
         yield srv
     finally:
         stop(srv)
+
+
+def test_metrics_auth_false_keeps_the_open_scrape(open_server: Server) -> None:
+    r = httpx.get(open_server.url + "/metrics")
+    assert r.status_code == 200 and 'ragconf_requests_total{route="/readyz",status="200"}' in r.text
+    assert httpx.get(open_server.url + "/metrics", headers=open_server.headers("carol")).status_code == 200
 
 
 def test_failed_authentications_are_limited_per_client_address(server: Server) -> None:
@@ -235,6 +261,7 @@ def test_failed_authentications_are_limited_per_client_address(server: Server) -
         for path, headers in (("/v1/retrieve", server.headers("alice")), ("/v1/ask", bearer(token("alice")))):
             blocked = attacker.post(path, json=Q, headers=headers)
             assert blocked.status_code == 429 and int(blocked.headers["retry-after"]) >= 1
+        assert attacker.get("/metrics", headers=server.headers("root")).status_code == 429
         sdk = openai.OpenAI(
             base_url=server.url + "/v1", api_key=server.keys["alice"], max_retries=0, http_client=attacker
         )

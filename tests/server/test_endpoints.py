@@ -286,7 +286,7 @@ def test_health_ready_metrics_and_docs(server: Server) -> None:
     assert ready["ready"] is True and ready["store_documents"] > 0 and ready["policy_revision"]
     httpx.post(server.url + "/v1/ask", json={"question": FAILOVER}, headers=server.headers("carol"), timeout=30)
     httpx.post(server.url + "/v1/ask", json={"question": FAILOVER})
-    metrics = httpx.get(server.url + "/metrics").text
+    metrics = httpx.get(server.url + "/metrics", headers=server.headers("prom")).text  # test_auth: who may
     assert 'ragconf_requests_total{route="/v1/ask",status="200"}' in metrics
     assert 'ragconf_denials_total{route="/v1/ask"}' in metrics
     assert "ragconf_request_latency_seconds_bucket" in metrics
