@@ -12,9 +12,11 @@ Presidio runs only where it could find something. Each text segment goes through
   parser's sentence bounds change entity spans) and goes to Presidio only when it names a person;
 - a segment without a letter or a pattern candidate is returned as it is, loading nothing.
 
-A segment found clean is remembered by its digest (never its text) so a repeated answer sentence is not
-analysed again. A segment that goes to Presidio is redacted exactly as it always was. The models are loaded
-once per process and shared (the spaCy model serves both the pre-check and Presidio).
+Every analysed segment is remembered by its digest: a clean one as clean, one Presidio redacted as its
+redacted text and entity types (never the original text), so a repeated answer sentence or passage (the same
+chunk comes back for many questions) is not analysed again. A segment that goes to Presidio is redacted exactly
+as it always was; the analysis is deterministic, so a remembered result is the one a new analysis would give.
+The models are loaded once per process and shared (the spaCy model serves both the pre-check and Presidio).
 """
 
 from __future__ import annotations
@@ -43,11 +45,12 @@ _PATTERN_CANDIDATE = re.compile(
 )
 #: spaCy labels Presidio maps to PERSON
 _PERSON_LABELS = frozenset({"PER", "PERSON", "PATIENT", "STAFF", "HCW"})
-_CLEAN_MAX = 4096
+_SEEN_MAX = 4096
 
 _lock = threading.Lock()
 _engines: dict[str, Any] = {}
-_clean: OrderedDict[bytes, None] = OrderedDict()
+#: digest of an analysed segment -> None (clean) or (redacted text, masked entity types)
+_seen: OrderedDict[bytes, tuple[str, tuple[str, ...]] | None] = OrderedDict()
 #: counters of how segments were decided (``skipped``, ``cached``, ``ner_only``, ``presidio``)
 stats: dict[str, int] = {"skipped": 0, "cached": 0, "ner_only": 0, "presidio": 0}
 
@@ -132,19 +135,23 @@ def _digest(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
 
 
-def _is_clean(key: bytes) -> bool:
-    with _lock:
-        if key in _clean:
-            _clean.move_to_end(key)
-            return True
-    return False
+_MISS = object()
 
 
-def _remember_clean(key: bytes) -> None:
+def _recall(key: bytes) -> Any:
+    """What a segment with digest ``key`` was found to be (None: clean; (text, types): redacted), or _MISS."""
     with _lock:
-        _clean[key] = None
-        if len(_clean) > _CLEAN_MAX:
-            _clean.popitem(last=False)
+        if key in _seen:
+            _seen.move_to_end(key)
+            return _seen[key]
+    return _MISS
+
+
+def _remember(key: bytes, outcome: tuple[str, tuple[str, ...]] | None) -> None:
+    with _lock:
+        _seen[key] = outcome
+        if len(_seen) > _SEEN_MAX:
+            _seen.popitem(last=False)
 
 
 def redact(text: str) -> tuple[str, list[str]]:
@@ -159,19 +166,25 @@ def redact(text: str) -> tuple[str, list[str]]:
         if not parts[i].strip():
             continue
         key = _digest(parts[i])
-        if _is_clean(key):
+        known = _recall(key)
+        if known is not _MISS:
             stats["cached"] += 1
+            if known is not None:
+                parts[i] = known[0]
+                masked.update(known[1])
             continue
         decision = _decide(parts[i])
         stats[decision] += 1
         if decision != "presidio":
-            _remember_clean(key)
+            _remember(key, None)
             continue
         analyzer, anonymizer = _load()
         results = analyzer.analyze(text=parts[i], language="en", entities=list(ENTITIES))
         if results:
             parts[i] = anonymizer.anonymize(text=parts[i], analyzer_results=results).text
-            masked.update(r.entity_type for r in results)
+            types = sorted({r.entity_type for r in results})
+            masked.update(types)
+            _remember(key, (parts[i], tuple(types)))
         else:
-            _remember_clean(key)
+            _remember(key, None)
     return "".join(parts), sorted(masked)

@@ -56,6 +56,15 @@ def test_known_pii_is_masked_and_clean_text_is_remembered() -> None:
     assert R.stats["cached"] == before["cached"] + 1 and R.stats["presidio"] == before["presidio"]
 
 
+def test_a_redacted_segment_is_remembered_redacted() -> None:
+    text = "Escalate to Maria Keller on +49 30 1234 5678 [2]. Then wait."
+    first = R.redact(text)
+    assert first == _before(text) and "Maria" not in first[0] and "1234" not in first[0]
+    before = dict(R.stats)
+    assert R.redact(text) == first  # the same masked text and entity types, Presidio not run again
+    assert R.stats["presidio"] == before["presidio"] and R.stats["cached"] == before["cached"] + 2
+
+
 def test_pattern_candidates_cover_the_pattern_recognizers() -> None:
     for text in ("a@b.co", "call 1640", "16-40", "ab12", "::", "2001:db8::1", "4111111111111111", "078-05-1120"):
         assert R._decide(text) == "presidio", text
