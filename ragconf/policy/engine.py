@@ -13,10 +13,21 @@ from typing import Any, Protocol
 from urllib.parse import urlparse
 
 from ragconf.errors import PolicyConfigError, PolicyError, SpecError
-from ragconf.policy.lint import FORBIDDEN_BUILTINS, _first_error, _one_line, check_forbidden, check_plan
+from ragconf.policy.lint import (
+    FORBIDDEN_BUILTINS,
+    _first_error,
+    _one_line,
+    _references,
+    check_forbidden,
+    check_plan,
+    compiled_builtins,
+    tokenize,
+)
 
 __all__ = [
     "FORBIDDEN_BUILTINS",
+    "UNREPEATABLE_BUILTINS",
+    "request_fields_read",
     "strip_test_rules",
     "OpaServerEngine",
     "PolicyEngine",
@@ -26,6 +37,48 @@ __all__ = [
     "check_forbidden",
     "load_engine",
 ]
+
+
+#: Built-ins whose value is not a function of the input and the bundle (the clock, randomness, the network, the
+#: environment) or that act (``print``, ``trace``): a decision of a bundle whose compiled plan calls one of them is
+#: never reused, every evaluation runs.
+UNREPEATABLE_BUILTINS = frozenset(
+    {
+        "time.now_ns",
+        "rand.intn",
+        "uuid.rfc4122",
+        "crypto.x509.parse_and_verify_certificates",
+        "crypto.x509.parse_and_verify_certificates_with_options",
+        "print",
+        "trace",
+        *FORBIDDEN_BUILTINS,
+    }
+)
+
+#: Decisions remembered per engine (one bundle revision): rule + the input as the policy can read it -> result.
+DECISION_MEMO_SIZE = 4096
+
+
+def request_fields_read(modules: Mapping[str, str]) -> frozenset[str] | None:
+    """The fields of ``input.request`` the Rego ``modules`` can read, from every reference to ``input`` in code
+    (comments and strings never count): ``input.request.profile`` reads ``profile``. None when the request can be
+    read whole or by a computed key: ``input``, ``input[k]``, ``input.request``, ``input.request[k]``,
+    ``object.get(input.request, ...)``, ``some k, v in input.request``, ``import input`` / ``import
+    input.request``, a module that does not tokenize. Other parts of the input are never left out."""
+    fields: set[str] = set()
+    for text in modules.values():
+        try:
+            refs = _references(tokenize(text))
+        except ValueError:
+            return None
+        for parts, _dynamic, _line in refs:
+            if parts[0] != "input":
+                continue
+            if len(parts) == 1 or (parts[1] == "request" and len(parts) == 2):
+                return None
+            if parts[1] == "request":
+                fields.add(parts[2])
+    return frozenset(fields)
 
 
 class PolicyEngine(Protocol):
@@ -80,7 +133,15 @@ def read_policy_file(path: Path) -> str:
 
 
 class RegoEngine:
-    """The embedded engine: every module and data.json of the bundle in one rego-cpp interpreter."""
+    """The embedded engine: every module and data.json of the bundle in one rego-cpp interpreter.
+
+    A bundle is a pure function of its input unless its compiled plan calls one of :data:`UNREPEATABLE_BUILTINS`;
+    then (and for every bundle loaded with ``tests=True``) each call evaluates. Otherwise results are remembered
+    per rule and per input *as the policy can read it* (the whole input, except the ``input.request`` fields no
+    module refers to, see :func:`request_fields_read`; the shipped bundle reads ``request.profile`` only, so a
+    decision does not depend on the question text): an evaluation the engine would repeat with the same
+    result is looked up instead. The caller still makes and audits a decision per call
+    (:class:`ragconf.policy.service.PolicyService`)."""
 
     #: Rules compiled ahead of time (a compiled plan evaluates ~15x faster than an ad-hoc query).
     ENTRYPOINTS = (
@@ -130,8 +191,15 @@ class RegoEngine:
                 raise PolicyConfigError(f"{p}:{exc.lineno}: invalid JSON ({exc.msg})") from None
         self._plan: Any = None
         self._entrypoints: set[str] = set()
+        self._memo: Any = None
+        self._request_fields: frozenset[str] | None = None
         if not tests:
             check_plan(self.bundle, sources, data)
+            if not compiled_builtins(sources, data) & UNREPEATABLE_BUILTINS:  # the vetted plan's list (cached)
+                from ragconf.cache import LRUCache
+
+                self._memo = LRUCache("policy_decisions", DECISION_MEMO_SIZE)
+                self._request_fields = request_fields_read(sources)
         wanted = (() if tests else self.ENTRYPOINTS) if entrypoints is None else entrypoints
         if wanted:
             try:
@@ -144,19 +212,49 @@ class RegoEngine:
                 ) from None
 
     def evaluate(self, path: str, input: Mapping[str, Any]) -> Any:
+        return self.decide(path, input)[0]
+
+    def _memo_key(self, rule: str, input: Mapping[str, Any]) -> str | None:
+        """``rule`` + the input without the request fields no module reads, as canonical JSON (None: the input
+        does not serialise canonically, e.g. mixed key types or NaN; such an input is evaluated every time)."""
+        fields = self._request_fields
+        request = input.get("request") if fields is not None else None
+        if isinstance(request, Mapping):
+            input = {**input, "request": {k: v for k, v in request.items() if k in fields}}  # type: ignore[operator]
+        try:
+            return rule + "\0" + json.dumps(input, default=str, allow_nan=False)
+        except (TypeError, ValueError):
+            return None
+
+    def decide(self, path: str, input: Mapping[str, Any]) -> tuple[Any, bool]:
+        """The value of rule ``path`` for ``input`` (None when undefined) and whether it was a remembered result
+        of the same rule for an input equal in everything the bundle can read."""
         from regopy import RegoError
 
         rule = path.strip("/").replace(".", "/")
         query = "data." + rule.replace("/", ".")
+        key = self._memo_key(rule, input) if self._memo is not None else None
+        if key is not None:
+            out = self._memo.get(key)
+            if out is not None:
+                return self._result(query, out), True
+        text = json.dumps(input, default=str)
         with self._lock:
             try:
-                self._interp.set_input_term(json.dumps(input, default=str))
+                self._interp.set_input_term(text)
                 if rule in self._entrypoints:
                     out = str(self._interp.query_bundle_entrypoint(self._plan, rule))
                 else:
                     out = str(self._interp.query(query))
             except RegoError as exc:
                 raise PolicyError(f"evaluating {query} failed: {_first_error(exc)}") from None
+        result = self._result(query, out)  # raises on an evaluation error: never remembered
+        if key is not None:
+            self._memo.put(key, out)
+        return result, False
+
+    @staticmethod
+    def _result(query: str, out: str) -> Any:
         if out == "undefined":
             return None
         if out.startswith("<error"):

@@ -76,6 +76,8 @@ class PolicyService:
         self.bundle_dir = Path(bundle_dir) if bundle_dir else None
         self.bundle_revision = bundle_revision(self.bundle_dir) if self.bundle_dir and self.bundle_dir.is_dir() else ""
         self.document_fields = tuple(document_fields)
+        #: ``(value, reused)`` from engines that remember pure decisions (the embedded engine)
+        self._engine_decide = getattr(engine, "decide", None)
 
     # ----- plumbing ------------------------------------------------------------------------------------
     def _decide(
@@ -89,8 +91,12 @@ class PolicyService:
         decision_id = str(uuid.uuid4())
         started = time.perf_counter()
         error = None
+        reused = False
         try:
-            result = self.engine.evaluate(path, data)
+            if self._engine_decide is not None:
+                result, reused = self._engine_decide(path, data)
+            else:
+                result = self.engine.evaluate(path, data)
         except PolicyError as exc:
             result, error = None, str(exc)
         record = {
@@ -103,6 +109,8 @@ class PolicyService:
             "input_sha256": hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest(),
             "masked_fields": list(masked),
             "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+            # the engine had evaluated this rule for an input equal in everything the policy reads
+            "reused": reused,
         }
         if error:
             record["error"] = error
@@ -148,16 +156,18 @@ class PolicyService:
         p = _principal_input(principal)
         if not documents:
             return DocsDecision([], 0, "")
-        signatures: dict[str, int] = {}
-        unique: list[dict[str, Any]] = []
-        keys = []
+        metas: dict[str, dict[str, Any]] = {}
+        doc_sigs = []
         for d in documents:
             meta = self._doc_input(d)
-            key = json.dumps(meta, sort_keys=True, default=str)
-            if key not in signatures:
-                signatures[key] = len(unique)
-                unique.append({"id": str(len(unique)), "meta": meta})
-            keys.append(signatures[key])
+            sig = json.dumps(meta, sort_keys=True, default=str)
+            metas.setdefault(sig, meta)
+            doc_sigs.append(sig)
+        # one entry per distinct access signature, in a canonical order (ids are positions in it): the same set
+        # of signatures is the same policy input whatever the ranking, so the engine can reuse the decision
+        signatures = {sig: i for i, sig in enumerate(sorted(metas))}
+        unique = [{"id": str(i), "meta": metas[sig]} for sig, i in signatures.items()]
+        keys = [signatures[sig] for sig in doc_sigs]
 
         def summary(result: Any) -> dict[str, Any]:
             ok = {str(x) for x in (result or [])}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from haystack import Document
@@ -192,3 +193,133 @@ def test_redaction_masks_email_and_phone() -> None:
     text, masked = redact("Contact Jane Doe at jane.doe@example.com or +1 415 555 0199 [1].")
     assert "jane.doe@example.com" not in text and "555 0199" not in text and "[1]" in text
     assert {"EMAIL_ADDRESS", "PHONE_NUMBER"} <= set(masked)
+
+
+# ----- decisions the engine remembers ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("source", "fields"),
+    [
+        ("package p\n\nx := input.request.profile\n\ny := input.principal.id\n", {"profile"}),
+        ("package p\n\nx := input.request.query\n", {"query"}),
+        ('package p\n\nx := input["request"]["query"]\n', {"query"}),
+        ("package p\n\n# input.request in a comment\nx := \"input.request\"\n", set()),
+        ("package p\n\nx := input.request\n", None),
+        ("package p\n\nx := input\n", None),
+        ("package p\n\nx := input[k]\n", None),
+        ("package p\n\nx if { some k, v in input.request; v == k }\n", None),
+        ("package p\n\nx := object.get(input.request, \"query\", \"\")\n", None),
+        ("package p\n\nimport input.request\n\nx := request.query\n", None),
+        ("package p\n\nx := y with input.request.query as \"q\"\n", {"query"}),
+    ],
+)
+def test_request_fields_read(source: str, fields: set[str] | None) -> None:
+    from ragconf.policy.engine import request_fields_read
+
+    got = request_fields_read({"m.rego": source})
+    assert got == (None if fields is None else frozenset(fields))
+
+
+def test_a_decision_is_reused_for_an_input_equal_in_what_the_policy_reads(tmp_path: Path) -> None:
+    engine = RegoEngine(BUNDLE)  # the shipped bundle reads request.profile only, never the question
+    audit = tmp_path / "audit.jsonl"
+    svc = PolicyService(engine, AuditLog(audit), BUNDLE)
+    alice = Principal("alice", ("sre",), "acme", "confidential")
+    first = svc.retrieval_filter(alice, {"query": "one question", "action": "retrieve"})
+    first.filters["conditions"].clear()  # the caller owns what it got: the next decision is a fresh value
+    second = svc.retrieval_filter(alice, {"query": "another question", "action": "retrieve"})
+    assert second.filters["conditions"] and second.decision_id != first.decision_id
+    carol = svc.retrieval_filter(Principal("carol", ("contractors",), "acme", "public"), {"query": "one question"})
+    assert carol.filters != second.filters
+    docs = [
+        Document(id="1", content="x", meta={"tenant": "acme", "acl_groups": ["sre"]}),
+        Document(id="2", content="x", meta={"tenant": "globex"}),
+    ]
+    d1 = svc.check_documents(alice, docs, {"query": "q"})
+    d2 = svc.check_documents(alice, list(reversed(docs)), {"query": "q"})  # same signatures, other ranking
+    assert [d.id for d in d1.allowed] == ["1"] and [d.id for d in d2.allowed] == ["1"] and d2.denied == 1
+    lines = [json.loads(x) for x in audit.read_text().splitlines()]
+    # every decision is audited with its own id, whether evaluated or reused
+    assert [x["decision_id"] for x in lines] == [
+        first.decision_id,
+        second.decision_id,
+        carol.decision_id,
+        d1.decision_id,
+        d2.decision_id,
+    ]
+    assert [x["reused"] for x in lines] == [False, True, False, False, True]
+    assert lines[1]["input_sha256"] != lines[0]["input_sha256"]  # the audited input is the whole input
+    assert lines[4]["allowed_ids"] == ["1"] and lines[4]["denied_ids"] == ["2"]
+
+
+def test_a_policy_that_reads_the_question_is_not_reused_across_questions(tmp_path: Path) -> None:
+    bundle = _bundle_with(tmp_path, "package ragconf.extra\n\nn := count(input.request.query)\n")
+    engine = RegoEngine(bundle)
+    assert engine.decide("ragconf/extra/n", {"request": {"query": "short"}}) == (5, False)
+    assert engine.decide("ragconf/extra/n", {"request": {"query": "a longer one"}}) == (12, False)
+    assert engine.decide("ragconf/extra/n", {"request": {"query": "short", "action": "x"}}) == (5, True)
+
+
+@pytest.mark.parametrize("call", ["time.now_ns()", "rand.intn(\"k\", 10)", 'uuid.rfc4122("k")'])
+def test_a_policy_with_unrepeatable_builtins_is_evaluated_every_time(tmp_path: Path, call: str) -> None:
+    bundle = _bundle_with(tmp_path, f"package ragconf.extra\n\nv := {call}\n")
+    engine = RegoEngine(bundle)
+    assert engine.decide("ragconf/extra/v", {})[1] is False
+    assert engine.decide("ragconf/extra/v", {})[1] is False
+
+
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=6),
+    st.text(alphabet="abc-_ 09", max_size=6),
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(alphabet="abyz_é\"", max_size=3), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=_values, query=st.text(max_size=8))
+def test_a_reused_decision_is_the_decision_an_evaluation_gives(value: object, query: str) -> None:
+    """Whatever the input holds (escapes, floats, nulls, big numbers), a remembered result equals what a new
+    evaluation of the same input returns, inputs that differ only in the question included."""
+    engine = _echo_engine()
+
+    def outcome(fn: Any) -> object:
+        try:
+            return fn()
+        except Exception as exc:  # the same failure either way
+            return type(exc).__name__
+
+    for q, profile in ((query, "p"), (query + "!", "p"), (query, "q")):
+        data = {"principal": {"v": value}, "request": {"query": q, "profile": profile}}
+        memo, engine._memo = engine._memo, None
+        fresh = outcome(lambda d=data: engine.decide("ragconf/echo/v", d)[0])  # type: ignore[misc]
+        engine._memo = memo
+        assert outcome(lambda d=data: engine.decide("ragconf/echo/v", d)[0]) == fresh  # type: ignore[misc]
+    engine.decide("ragconf/echo/v", {"principal": {"v": 1}, "request": {"query": "x", "profile": "p"}})
+    assert engine.decide("ragconf/echo/v", {"principal": {"v": 1}, "request": {"query": "y", "profile": "p"}})[1]
+
+
+_ECHO: list[RegoEngine] = []
+
+
+def _echo_engine() -> RegoEngine:
+    if not _ECHO:
+        import tempfile
+
+        root = Path(tempfile.mkdtemp(prefix="echo-")) / "ragconf"
+        root.mkdir()
+        (root / "echo.rego").write_text(
+            "package ragconf.echo\n\n"
+            "v := [type_name(input.principal.v), json.marshal(input.principal), input.principal.v == \"é\",\n"
+            "\tis_number(input.principal.v), input.request.profile, input.principal]\n"
+        )
+        _ECHO.append(RegoEngine(root.parent))
+    return _ECHO[0]
