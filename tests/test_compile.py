@@ -369,3 +369,47 @@ def test_class_path_with_a_missing_optional_dependency_is_a_config_error() -> No
         build_stage(stage(components=spec), "pipeline", ctx())
     assert info.value.key == "pipeline.components.html.type"
     assert "trafilatura" in str(info.value) and "not installed" in str(info.value)
+
+
+def test_stage_inputs_reach_each_component_as_its_own_copy() -> None:
+    """A stage pipeline files an input given to one socket as is (no defensive copy before the run), but every
+    component still gets its own deep copy: a component that changes its inputs changes nothing the caller or
+    another component holds; a value given to two sockets is copied for each, as Haystack does."""
+    from haystack import component
+
+    seen: list[tuple[str, int, dict[str, Any]]] = []
+
+    @component
+    class Grabby:
+        def __init__(self, tag: str) -> None:
+            self.tag = tag
+
+        @component.output_types(out=dict)
+        def run(self, value: dict, other: dict | None = None) -> dict[str, Any]:
+            seen.append((self.tag, id(value), value))
+            value["conditions"].append("changed by " + self.tag)  # a misbehaving component
+            return {"out": value}
+
+    reg = Registry([ComponentEntry("grabby", f"{__name__}:_grabby_factory")], load_plugins=False)
+    _GRABBY.append(Grabby)
+    spec = stage(
+        components={"a": {"type": "grabby", "params": {"tag": "a"}}, "b": {"type": "grabby", "params": {"tag": "b"}}},
+        inputs={"x": ["a.value"], "y": ["b.value"]},
+        output="a.out",
+    )
+    built = build_stage(spec, "pipeline", BuildContext(registry=reg))
+    mine = {"operator": "AND", "conditions": ["c1"]}
+    shared = {"operator": "OR", "conditions": ["c2"]}
+    out, result = built.run({"x": mine, "y": shared}, extra={"b": {"other": shared}})
+    assert mine == {"operator": "AND", "conditions": ["c1"]} and shared == {"operator": "OR", "conditions": ["c2"]}
+    assert all(grabbed is not mine and grabbed is not shared for _, _, grabbed in seen)
+    assert out == {"operator": "AND", "conditions": ["c1", "changed by a"]}
+    # the plain-Haystack path (flat inputs) still works on the same pipeline
+    assert built.pipeline.run({"value": {"conditions": []}})["a"]["out"]["conditions"] == ["changed by a"]
+
+
+_GRABBY: list[Any] = []
+
+
+def _grabby_factory(tag: str) -> Any:
+    return _GRABBY[-1](tag)
