@@ -202,14 +202,14 @@ def test_redaction_masks_email_and_phone() -> None:
         ("package p\n\nx := input.request.profile\n\ny := input.principal.id\n", {"profile"}),
         ("package p\n\nx := input.request.query\n", {"query"}),
         ('package p\n\nx := input["request"]["query"]\n', {"query"}),
-        ("package p\n\n# input.request in a comment\nx := \"input.request\"\n", set()),
+        ('package p\n\n# input.request in a comment\nx := "input.request"\n', set()),
         ("package p\n\nx := input.request\n", None),
         ("package p\n\nx := input\n", None),
         ("package p\n\nx := input[k]\n", None),
         ("package p\n\nx if { some k, v in input.request; v == k }\n", None),
-        ("package p\n\nx := object.get(input.request, \"query\", \"\")\n", None),
+        ('package p\n\nx := object.get(input.request, "query", "")\n', None),
         ("package p\n\nimport input.request\n\nx := request.query\n", None),
-        ("package p\n\nx := y with input.request.query as \"q\"\n", {"query"}),
+        ('package p\n\nx := y with input.request.query as "q"\n', {"query"}),
     ],
 )
 def test_request_fields_read(source: str, fields: set[str] | None) -> None:
@@ -259,7 +259,7 @@ def test_a_policy_that_reads_the_question_is_not_reused_across_questions(tmp_pat
     assert engine.decide("ragconf/extra/n", {"request": {"query": "short", "action": "x"}}) == (5, True)
 
 
-@pytest.mark.parametrize("call", ["time.now_ns()", "rand.intn(\"k\", 10)", 'uuid.rfc4122("k")'])
+@pytest.mark.parametrize("call", ["time.now_ns()", 'rand.intn("k", 10)', 'uuid.rfc4122("k")'])
 def test_a_policy_with_unrepeatable_builtins_is_evaluated_every_time(tmp_path: Path, call: str) -> None:
     bundle = _bundle_with(tmp_path, f"package ragconf.extra\n\nv := {call}\n")
     engine = RegoEngine(bundle)
@@ -278,7 +278,7 @@ _scalars = st.one_of(
 _values = st.recursive(
     _scalars,
     lambda inner: st.one_of(
-        st.lists(inner, max_size=3), st.dictionaries(st.text(alphabet="abyz_é\"", max_size=3), inner, max_size=3)
+        st.lists(inner, max_size=3), st.dictionaries(st.text(alphabet='abyz_é"', max_size=3), inner, max_size=3)
     ),
     max_leaves=8,
 )
@@ -318,7 +318,7 @@ def _echo_engine() -> RegoEngine:
         root.mkdir()
         (root / "echo.rego").write_text(
             "package ragconf.echo\n\n"
-            "v := [type_name(input.principal.v), json.marshal(input.principal), input.principal.v == \"é\",\n"
+            'v := [type_name(input.principal.v), json.marshal(input.principal), input.principal.v == "é",\n'
             "\tis_number(input.principal.v), input.request.profile, input.principal]\n"
         )
         _ECHO.append(RegoEngine(root.parent))
