@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import threading
 import time
@@ -280,7 +281,12 @@ class RagApp:
             timings["retrieval_ms"] = (time.perf_counter() - t1) * 1000
             timings["retrieval_cache_hit"] = 1.0
             return list(docs), ids, timings
-        extra: dict[str, dict[str, Any]] = {name: {"filters": filt.filters} for name in g.retrieval.retrievers}
+        # one filter object per retriever: the stage pipeline deep-copies an input given to several sockets
+        # leaf by leaf (~0.3 ms for the shipped filter), a plain deep copy here costs a tenth of that
+        extra: dict[str, dict[str, Any]] = {
+            name: {"filters": filt.filters if i == 0 else copy.deepcopy(filt.filters)}
+            for i, name in enumerate(g.retrieval.retrievers)
+        }
         extra[GUARD_NAME] = {"principal": principal, "request": request}
         for name in g.gated:  # components that send passages elsewhere ask the routing policy first
             extra[name] = {"route_gate": functools.partial(route_to, g.policy, principal, question, "rerank")}
