@@ -264,7 +264,7 @@ def main() -> int:
         "ratio_median_of_pairs": round(statistics.median(pairs), 3),
         "target_met": a50 / b50 <= 1.10,
         # policy decisions the engine reused in the timed calls (every one is still made and audited)
-        "decisions_reused": _delta(memo0, memo1),
+        "decisions_reused": "off" if args.fresh_decisions else _delta(memo0, memo1),
         "redaction_segments": {k: red1.get(k, 0) - red0.get(k, 0) for k in red1},
         "breakdown_ragapp_ms": {k: round(v, 3) for k, v in sorted(a_steps.items(), key=lambda kv: -kv[1])},
         "breakdown_ragapp_unattributed_ms": round(_unattributed(a_tr), 3),
