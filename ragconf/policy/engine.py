@@ -20,12 +20,13 @@ from ragconf.policy.lint import (
     _references,
     check_forbidden,
     check_plan,
-    compiled_builtins,
+    plan_facts,
     tokenize,
 )
 
 __all__ = [
     "FORBIDDEN_BUILTINS",
+    "PURE_BUILTINS",
     "UNREPEATABLE_BUILTINS",
     "request_fields_read",
     "strip_test_rules",
@@ -40,32 +41,88 @@ __all__ = [
 
 
 #: Built-ins whose value is not a function of the input and the bundle (the clock, randomness, the network, the
-#: environment) or that act (``print``, ``trace``): a decision of a bundle whose compiled plan calls one of them is
-#: never reused, every evaluation runs.
+#: environment, signatures with a random nonce) or that act (``print``, compiled as ``internal.print``, ``trace``).
+#: Listed for reference: reuse is decided by :data:`PURE_BUILTINS` (what is not listed there is never reused).
 UNREPEATABLE_BUILTINS = frozenset(
     {
         "time.now_ns",
         "rand.intn",
         "uuid.rfc4122",
+        "io.jwt.encode_sign",
+        "io.jwt.encode_sign_raw",
         "crypto.x509.parse_and_verify_certificates",
         "crypto.x509.parse_and_verify_certificates_with_options",
         "print",
+        "internal.print",
         "trace",
         *FORBIDDEN_BUILTINS,
     }
 )
 
+#: Built-ins whose value depends on their arguments only (OPA's deterministic built-ins, as the compiled plan
+#: names them, operators included). A decision is reused only when every built-in the bundle's compiled plan
+#: calls is listed here: a built-in this list does not know (a new rego-cpp, a non-deterministic one) turns
+#: reuse off for the bundle.
+PURE_BUILTINS = frozenset(
+    {
+        # operators and internal helpers
+        *("equal", "neq", "lt", "lte", "gt", "gte", "plus", "minus", "mul", "div", "rem", "and", "or", "assign", "eq"),
+        *("internal.member_2", "internal.member_3", "internal.template_string"),
+        # numbers, aggregates, arrays, sets, objects, types
+        *("abs", "ceil", "floor", "round", "numbers.range", "numbers.range_step", "count", "sum", "product"),
+        *("max", "min", "sort", "all", "any", "array.concat", "array.slice", "array.reverse", "intersection"),
+        *("union", "set_diff", "object.get", "object.keys", "object.remove", "object.subset", "object.union"),
+        *("object.union_n", "object.filter", "is_array", "is_boolean", "is_null", "is_number", "is_object"),
+        *("is_set", "is_string", "type_name", "to_number", "cast_array", "cast_boolean", "cast_null"),
+        *("cast_object", "cast_set", "cast_string", "walk", "graph.reachable", "graph.reachable_paths"),
+        *("bits.and", "bits.or", "bits.xor", "bits.negate", "bits.lsh", "bits.rsh", "units.parse", "units.parse_bytes"),
+        # strings, regular expressions, globs
+        *("concat", "contains", "endswith", "startswith", "format_int", "indexof", "indexof_n", "lower", "upper"),
+        *("replace", "split", "sprintf", "substring", "trim", "trim_left", "trim_prefix", "trim_right"),
+        *("trim_space", "trim_suffix", "strings.any_prefix_match", "strings.any_suffix_match", "strings.count"),
+        *("strings.replace_n", "strings.reverse", "strings.render_template", "regex.find_all_string_submatch_n"),
+        *("regex.find_n", "regex.globs_match", "regex.is_valid", "regex.match", "regex.replace", "regex.split"),
+        *("regex.template_match", "re_match", "glob.match", "glob.quote_meta", "semver.compare", "semver.is_valid"),
+        # encodings
+        *("base64.encode", "base64.decode", "base64.is_valid", "base64url.encode", "base64url.encode_no_pad"),
+        *("base64url.decode", "hex.encode", "hex.decode", "urlquery.encode", "urlquery.decode"),
+        *("urlquery.encode_object", "urlquery.decode_object", "json.marshal", "json.marshal_with_options"),
+        *("json.unmarshal", "json.is_valid", "json.filter", "json.remove", "json.patch", "json.verify_schema"),
+        *("json.match_schema", "yaml.marshal", "yaml.unmarshal", "yaml.is_valid", "uuid.parse"),
+        # time arithmetic on given timestamps (never the clock), networks, hashes, token decoding
+        *("time.add_date", "time.clock", "time.date", "time.diff", "time.format", "time.parse_duration_ns"),
+        *("time.parse_ns", "time.parse_rfc3339_ns", "time.weekday", "net.cidr_contains", "net.cidr_contains_matches"),
+        *("net.cidr_expand", "net.cidr_intersects", "net.cidr_is_valid", "net.cidr_merge", "net.cidr_overlap"),
+        *("crypto.md5", "crypto.sha1", "crypto.sha256", "crypto.hmac.md5", "crypto.hmac.sha1", "crypto.hmac.sha256"),
+        *("crypto.hmac.sha512", "crypto.hmac.equal", "io.jwt.decode", "io.jwt.verify_rs256", "io.jwt.verify_rs384"),
+        *("io.jwt.verify_rs512", "io.jwt.verify_ps256", "io.jwt.verify_ps384", "io.jwt.verify_ps512"),
+        *("io.jwt.verify_es256", "io.jwt.verify_es384", "io.jwt.verify_es512", "io.jwt.verify_hs256"),
+        *("io.jwt.verify_hs384", "io.jwt.verify_hs512", "io.jwt.verify_eddsa"),
+        # metadata of the bundle itself
+        *("rego.metadata.chain", "rego.metadata.rule", "metadata.chain", "metadata.rule"),
+    }
+)
 #: Decisions remembered per engine (one bundle revision): rule + the input as the policy can read it -> result.
 DECISION_MEMO_SIZE = 4096
+#: A result longer than this (JSON characters) is not remembered: the memo stays within ~4096 x 16 KiB.
+DECISION_MEMO_MAX_RESULT = 16_384
 
 
-def request_fields_read(modules: Mapping[str, str]) -> frozenset[str] | None:
+def request_fields_read(
+    modules: Mapping[str, str], plan_fields: frozenset[str] | None = frozenset()
+) -> frozenset[str] | None:
     """The fields of ``input.request`` the Rego ``modules`` can read, from every reference to ``input`` in code
     (comments and strings never count): ``input.request.profile`` reads ``profile``. None when the request can be
     read whole or by a computed key: ``input``, ``input[k]``, ``input.request``, ``input.request[k]``,
     ``object.get(input.request, ...)``, ``some k, v in input.request``, ``import input`` / ``import
-    input.request``, a module that does not tokenize. Other parts of the input are never left out."""
-    fields: set[str] = set()
+    input.request``, a module that does not tokenize. Other parts of the input are never left out.
+
+    ``plan_fields`` is the same question answered from the compiled plan (:class:`ragconf.policy.lint.PlanFacts`,
+    None when it may read the request whole): the answer is the union of both, None when either is None, so a
+    read one analysis misses (a tokenizer that reads a construct otherwise than rego-cpp) the other still sees."""
+    if plan_fields is None:
+        return None
+    fields: set[str] = set(plan_fields)
     for text in modules.values():
         try:
             refs = _references(tokenize(text))
@@ -135,13 +192,13 @@ def read_policy_file(path: Path) -> str:
 class RegoEngine:
     """The embedded engine: every module and data.json of the bundle in one rego-cpp interpreter.
 
-    A bundle is a pure function of its input unless its compiled plan calls one of :data:`UNREPEATABLE_BUILTINS`;
-    then (and for every bundle loaded with ``tests=True``) each call evaluates. Otherwise results are remembered
-    per rule and per input *as the policy can read it* (the whole input, except the ``input.request`` fields no
-    module refers to, see :func:`request_fields_read`; the shipped bundle reads ``request.profile`` only, so a
-    decision does not depend on the question text): an evaluation the engine would repeat with the same
-    result is looked up instead. The caller still makes and audits a decision per call
-    (:class:`ragconf.policy.service.PolicyService`)."""
+    A bundle is a pure function of its input when every built-in its compiled plan calls is one of
+    :data:`PURE_BUILTINS`; otherwise (and for every bundle loaded with ``tests=True``) each call evaluates. A pure
+    bundle's results are remembered per rule and per input *as the policy can read it* (the whole input, except
+    the ``input.request`` fields neither the source nor the compiled plan reads, see :func:`request_fields_read`;
+    the shipped bundle reads ``request.profile`` only, so a decision does not depend on the question text): an
+    evaluation the engine would repeat with the same result is looked up instead. The caller still makes and
+    audits a decision per call (:class:`ragconf.policy.service.PolicyService`)."""
 
     #: Rules compiled ahead of time (a compiled plan evaluates ~15x faster than an ad-hoc query).
     ENTRYPOINTS = (
@@ -195,11 +252,12 @@ class RegoEngine:
         self._request_fields: frozenset[str] | None = None
         if not tests:
             check_plan(self.bundle, sources, data)
-            if not compiled_builtins(sources, data) & UNREPEATABLE_BUILTINS:  # the vetted plan's list (cached)
+            facts = plan_facts(sources, data)  # the vetted plan's (cached)
+            if facts.builtins <= PURE_BUILTINS:
                 from ragconf.cache import LRUCache
 
                 self._memo = LRUCache("policy_decisions", DECISION_MEMO_SIZE)
-                self._request_fields = request_fields_read(sources)
+                self._request_fields = request_fields_read(sources, facts.request_fields)
         wanted = (() if tests else self.ENTRYPOINTS) if entrypoints is None else entrypoints
         if wanted:
             try:
@@ -215,16 +273,21 @@ class RegoEngine:
         return self.decide(path, input)[0]
 
     def _memo_key(self, rule: str, input: Mapping[str, Any]) -> str | None:
-        """``rule`` + the input without the request fields no module reads, as canonical JSON (None: the input
-        does not serialise canonically, e.g. mixed key types or NaN; such an input is evaluated every time)."""
+        """sha256 of ``rule`` + the input without the request fields no module reads, as JSON (None: the input
+        does not serialise as the engine would read it, e.g. NaN, or its request has a key that is not a string,
+        which JSON would turn into one; such an input is evaluated every time). A digest, not the text: an entry
+        costs the same whatever the input holds."""
         fields = self._request_fields
-        request = input.get("request") if fields is not None else None
-        if isinstance(request, Mapping):
+        request = input.get("request") if fields is not None and isinstance(input, dict) else None
+        if isinstance(request, dict):  # another Mapping reaches the engine as its str(): never filtered
+            if not all(type(k) is str for k in request):
+                return None
             input = {**input, "request": {k: v for k, v in request.items() if k in fields}}  # type: ignore[operator]
         try:
-            return rule + "\0" + json.dumps(input, default=str, allow_nan=False)
+            text = rule + "\0" + json.dumps(input, default=str, allow_nan=False)
         except (TypeError, ValueError):
             return None
+        return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
     def decide(self, path: str, input: Mapping[str, Any]) -> tuple[Any, bool]:
         """The value of rule ``path`` for ``input`` (None when undefined) and whether it was a remembered result
@@ -246,10 +309,10 @@ class RegoEngine:
                     out = str(self._interp.query_bundle_entrypoint(self._plan, rule))
                 else:
                     out = str(self._interp.query(query))
-            except RegoError as exc:
+            except (RegoError, ValueError) as exc:  # regopy fails to parse some error replies (JSONDecodeError)
                 raise PolicyError(f"evaluating {query} failed: {_first_error(exc)}") from None
         result = self._result(query, out)  # raises on an evaluation error: never remembered
-        if key is not None:
+        if key is not None and len(out) <= DECISION_MEMO_MAX_RESULT:
             self._memo.put(key, out)
         return result, False
 

@@ -25,7 +25,16 @@ from typing import Any
 
 from ragconf.errors import PolicyConfigError
 
-__all__ = ["FORBIDDEN_BUILTINS", "Token", "check_forbidden", "check_plan", "compiled_builtins", "tokenize"]
+__all__ = [
+    "FORBIDDEN_BUILTINS",
+    "PlanFacts",
+    "Token",
+    "check_forbidden",
+    "check_plan",
+    "compiled_builtins",
+    "plan_facts",
+    "tokenize",
+]
 
 #: Built-ins that reach the network or the runtime environment: they could leak secrets into decisions.
 FORBIDDEN_BUILTINS = ("http.send", "opa.runtime", "net.lookup_ip_addr", "io.jwt.decode_verify")
@@ -81,26 +90,53 @@ def _scan_raw(src: str, i: int, line: int) -> tuple[int, str]:
     return end + 1, src[i + 1 : end]
 
 
-def _template_code(body: str) -> list[str]:
-    """The ``{expression}`` parts of a template string body (``\\{`` is a literal brace)."""
-    parts, depth, start, k = [], 0, 0, 0
-    while k < len(body):
-        ch = body[k]
-        if ch == "\\":
-            k += 2
+def _scan_template(src: str, i: int, line: int) -> tuple[int, str, list[str]]:
+    """End index, body and ``{expression}`` parts of the template string starting at ``src[i] == '$'``.
+
+    As rego-cpp reads it: inside an expression a ``"..."`` or raw string, a nested template or a ``#`` comment is
+    skipped whole, so its quotes and braces neither end the template nor the expression
+    (``$"{concat("", [x])}{input.y}"``); in the text part ``\\{`` is a literal brace, in a ``"`` template ``\\"`` a
+    literal quote, and a newline is text."""
+    quote = src[i + 1]
+    j, n = i + 2, len(src)
+    parts: list[str] = []
+    depth, start = 0, 0
+    while j < n:
+        ch = src[j]
+        if depth == 0:
+            if ch == "\\" and quote == '"':
+                j += 2
+                continue
+            if ch == "\\" and j + 1 < n and src[j + 1] == "{":
+                j += 2
+                continue
+            if ch == quote:
+                return j + 1, src[i + 2 : j], parts
+            if ch == "{":
+                depth, start = 1, j + 1
+            j += 1
             continue
-        if ch == "{":
-            if depth == 0:
-                start = k + 1
+        # inside {expression}: code, with strings, nested templates and comments
+        if ch == "#":
+            end = src.find("\n", j)
+            j = n if end < 0 else end
+        elif ch == '"':
+            j = _scan_quoted(src, j, line)[0]
+        elif ch == "`":
+            j = _scan_raw(src, j, line)[0]
+        elif ch == "$" and j + 1 < n and src[j + 1] in '"`':
+            j = _scan_template(src, j, line)[0]
+        elif ch == "{":
             depth += 1
-        elif ch == "}" and depth:
+            j += 1
+        elif ch == "}":
             depth -= 1
             if depth == 0:
-                parts.append(body[start:k])
-        k += 1
-    if depth:
-        parts.append(body[start:])
-    return parts
+                parts.append(src[start:j])
+            j += 1
+        else:
+            j += 1
+    raise _Unterminated("template string", line)
 
 
 def tokenize(src: str, first_line: int = 1) -> list[Token]:
@@ -130,8 +166,8 @@ def tokenize(src: str, first_line: int = 1) -> list[Token]:
                 i = end
             elif ch == "$" and i + 1 < n and src[i + 1] in '"`':
                 # template string: its {expressions} are code
-                end, body = (_scan_quoted if src[i + 1] == '"' else _scan_raw)(src, i + 1, line)
-                for code in _template_code(body):
+                end, body, code_parts = _scan_template(src, i, line)
+                for code in code_parts:
                     out.extend(tokenize(code, line))
                 out.append(Token("string", body, line))
                 line += body.count("\n")
@@ -248,11 +284,25 @@ def _first_error(exc: Exception | str, sources: Mapping[str, str] | None = None)
     return _one_line(text)
 
 
-_VETTED: dict[str, frozenset[str]] = {}
+@dataclass(frozen=True)
+class PlanFacts:
+    """What the compiled plan of a bundle tells: the built-ins it calls and the ``input.request`` fields it can
+    read (None: the request whole or by a computed key, see :func:`_plan_request_fields`)."""
+
+    builtins: frozenset[str]
+    request_fields: frozenset[str] | None
+
+
+_VETTED: dict[str, PlanFacts] = {}
 
 
 def compiled_builtins(modules: dict[str, str], data: list[str]) -> set[str]:
-    """Names of the built-ins the compiled plan of these modules calls (rego-cpp's ``static.builtin_funcs``).
+    """Names of the built-ins the compiled plan of these modules calls (rego-cpp's ``static.builtin_funcs``)."""
+    return set(plan_facts(modules, data).builtins)
+
+
+def plan_facts(modules: dict[str, str], data: list[str]) -> PlanFacts:
+    """The built-ins and request fields of the compiled plan of these modules (cached per content).
 
     Runs in a child process: rego-cpp's plan writer has crashed the host process (``free(): invalid size``)
     depending on its heap state, and a policy check must never take a request server down with it."""
@@ -262,7 +312,7 @@ def compiled_builtins(modules: dict[str, str], data: list[str]) -> set[str]:
     payload = json.dumps({"modules": modules, "data": data}, sort_keys=True)
     key = hashlib.sha256(payload.encode()).hexdigest()
     if key in _VETTED:
-        return set(_VETTED[key])
+        return _VETTED[key]
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "ragconf.policy.lint"],
@@ -293,9 +343,13 @@ def compiled_builtins(modules: dict[str, str], data: list[str]) -> set[str]:
             "built-in nor a function of the bundle; rego-cpp would treat the rule as undefined, OPA rejects it)",
             hint="fix the name; until then the bundle is refused",
         )
-    names = frozenset(str(n) for n in out["builtins"])
-    _VETTED[key] = names
-    return set(names)
+    fields = out.get("request_fields")
+    facts = PlanFacts(
+        frozenset(str(n) for n in out["builtins"]),
+        frozenset(str(f) for f in fields) if isinstance(fields, list) else None,
+    )
+    _VETTED[key] = facts
+    return facts
 
 
 def _first_reference(modules: Mapping[str, str], dotted: str) -> str:
@@ -351,7 +405,9 @@ def _plan_builtins_main() -> None:
     _calls(plan_json.get("funcs"), called)
     _calls(plan_json.get("plans"), called)
     unknown = sorted(called - defined - set(names))
-    sys.stdout.write(json.dumps({"builtins": names, "unknown": unknown}))
+    fields = _plan_request_fields(plan_json)
+    request_fields = None if fields is None else sorted(fields)
+    sys.stdout.write(json.dumps({"builtins": names, "unknown": unknown, "request_fields": request_fields}))
 
 
 def _calls(node: Any, out: set[str]) -> None:
@@ -364,6 +420,163 @@ def _calls(node: Any, out: set[str]) -> None:
     elif isinstance(node, list):
         for value in node:
             _calls(value, out)
+
+
+#: Plan (IR) statements and the operands each reads; a statement type not listed here makes the analysis give up.
+#: Targets (``target``, ``result``, ScanStmt ``key``/``value``), blocks and source positions are not reads.
+_STMT_READS: dict[str, tuple[str, ...]] = {
+    "ArrayAppendStmt": ("value", "array"),
+    "AssignIntStmt": (),
+    "AssignVarOnceStmt": ("source",),
+    "AssignVarStmt": ("source",),
+    "BlockStmt": (),
+    "BreakStmt": (),
+    "CallDynamicStmt": ("args", "path"),
+    "CallStmt": ("args",),
+    "DotStmt": ("source", "key"),
+    "EqualStmt": ("a", "b"),
+    "IsArrayStmt": ("source",),
+    "IsDefinedStmt": ("source",),
+    "IsObjectStmt": ("source",),
+    "IsSetStmt": ("source",),
+    "IsUndefinedStmt": ("source",),
+    "LenStmt": ("source",),
+    "MakeArrayStmt": (),
+    "MakeNullStmt": (),
+    "MakeNumberIntStmt": (),
+    "MakeNumberRefStmt": (),
+    "MakeObjectStmt": (),
+    "MakeSetStmt": (),
+    "NopStmt": (),
+    "NotEqualStmt": ("a", "b"),
+    "NotStmt": (),
+    "ObjectInsertOnceStmt": ("key", "value", "object"),
+    "ObjectInsertStmt": ("key", "value", "object"),
+    "ObjectMergeStmt": ("a", "b"),
+    "ResetLocalStmt": (),
+    "ResultSetAddStmt": ("value",),
+    "ReturnLocalStmt": ("source",),
+    "ScanStmt": ("source",),
+    "SetAddStmt": ("value", "set"),
+    "WithStmt": ("value", "local"),
+}
+_STMT_OTHER = frozenset(
+    {"target", "result", "func", "blocks", "block", "capacity", "index", "key", "value", "path", "file", "row", "col"}
+)
+
+
+class _Unknown(Exception):
+    """The plan holds something the request-field analysis does not understand."""
+
+
+def _local(operand: Any) -> int | None:
+    """The local an operand (``{"type": "local", "value": n}``) or a bare local index names; None for constants."""
+    if isinstance(operand, bool):
+        return None
+    if isinstance(operand, int):
+        return operand
+    if isinstance(operand, dict):
+        if operand.get("type") == "local" and isinstance(operand.get("value"), int):
+            return int(operand["value"])
+        if operand.get("type") in ("string_index", "bool", "number_ref", "null"):
+            return None
+    raise _Unknown(f"operand {operand!r}")
+
+
+def _statements(blocks: Any, out: list[tuple[str, dict[str, Any]]]) -> None:
+    for block in blocks or []:
+        for item in block.get("stmts") or []:
+            kind, stmt = item.get("type"), item.get("stmt")
+            if kind not in _STMT_READS or not isinstance(stmt, dict):
+                raise _Unknown(str(kind))
+            if any(k not in _STMT_READS[kind] and k not in _STMT_OTHER for k in stmt):
+                raise _Unknown(f"{kind} fields {sorted(stmt)}")
+            out.append((kind, stmt))
+            _statements(stmt.get("blocks"), out)
+            if isinstance(stmt.get("block"), dict):
+                _statements([stmt["block"]], out)
+
+
+def _plan_request_fields(plan: dict[str, Any]) -> set[str] | None:
+    """The fields of ``input.request`` the compiled plan can read, from its IR: in every function (and query
+    plan) the input is its first parameter (local 0 in a plan); a local holding the input or ``input.request``
+    (or a copy of one) may only be indexed by a constant string (``input.request.<field>``), tested for being
+    defined, or, for the input, passed on as the first argument of a function of the bundle (whose own first
+    parameter is then the input). Any other use of them (a dynamic key, iteration, comparison, a built-in
+    argument, a return value, a ``with`` value ...) and any statement or operand this does not know give None:
+    the request may be read whole. Independent of the source tokenizer: together they are the fields of
+    :func:`ragconf.policy.engine.request_fields_read`."""
+    try:
+        strings = [str(s.get("value")) for s in (plan.get("static") or {}).get("strings") or []]
+        funcs = (plan.get("funcs") or {}).get("funcs") or []
+        names = {str(f.get("name")) for f in funcs}
+        bodies: list[tuple[int, Any]] = []
+        for f in funcs:
+            params = f.get("params") or []
+            if len(params) < 2 or not isinstance(params[0], int):
+                raise _Unknown(f"function {f.get('name')} params {params}")
+            bodies.append((params[0], f.get("blocks")))
+        bodies.extend((0, p.get("blocks")) for p in (plan.get("plans") or {}).get("plans") or [])
+        fields: set[str] = set()
+        for input_local, blocks in bodies:
+            stmts: list[tuple[str, dict[str, Any]]] = []
+            _statements(blocks, stmts)
+            if not _body_request_fields(input_local, stmts, strings, names, fields):
+                return None
+        return fields
+    except (_Unknown, AttributeError, TypeError, ValueError, IndexError):
+        return None
+
+
+def _body_request_fields(
+    input_local: int, stmts: list[tuple[str, dict[str, Any]]], strings: list[str], funcs: set[str], fields: set[str]
+) -> bool:
+    """Add the request fields one function body reads to ``fields``; False when it may read the request whole."""
+    # locals holding the input / input.request (flow-insensitive: a local ever holding one counts everywhere)
+    whole: set[int] = {input_local}
+    request: set[int] = set()
+    changed = True
+    while changed:
+        changed = False
+        for kind, stmt in stmts:
+            if kind in ("AssignVarStmt", "AssignVarOnceStmt"):
+                src = _local(stmt["source"])
+                for group in (whole, request):
+                    if src in group and stmt["target"] not in group:
+                        group.add(int(stmt["target"]))
+                        changed = True
+            elif kind == "DotStmt" and _local(stmt["source"]) in whole:
+                key = stmt["key"]
+                is_request = isinstance(key, dict) and key.get("type") == "string_index"
+                if is_request and strings[int(key["value"])] == "request" and stmt["target"] not in request:
+                    request.add(int(stmt["target"]))
+                    changed = True
+    tracked = whole | request
+    for kind, stmt in stmts:
+        for name in _STMT_READS[kind]:
+            if name not in stmt:
+                continue
+            operands = stmt[name] if isinstance(stmt[name], list) else [stmt[name]]
+            for pos, operand in enumerate(operands):
+                local = _local(operand)
+                if local is None or local not in tracked:
+                    continue
+                if kind in ("AssignVarStmt", "AssignVarOnceStmt", "IsDefinedStmt", "IsUndefinedStmt"):
+                    continue  # a copy (tracked above) or whether it is defined
+                if kind == "DotStmt" and name == "source":
+                    key = stmt["key"]
+                    if not (isinstance(key, dict) and key.get("type") == "string_index"):
+                        return False  # input[k] / input.request[k]
+                    if local in request:
+                        fields.add(strings[int(key["value"])])
+                    continue
+                as_input = pos == 0 and local in whole and local not in request
+                if as_input and kind == "CallStmt" and str(stmt.get("func")) in funcs:
+                    continue  # the input handed to a function of the bundle, as its input
+                if as_input and kind == "CallDynamicStmt" and name == "args":
+                    continue  # the same, to a rule named at run time
+                return False
+    return True
 
 
 if __name__ == "__main__":  # pragma: no cover - exercised through compiled_builtins
