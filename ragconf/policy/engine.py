@@ -153,10 +153,27 @@ def bundle_files(bundle: Path, *, tests: bool = False) -> list[Path]:
 
 def bundle_revision(bundle: Path) -> str:
     """sha256 over every file of the bundle (relative path + content), tests and .manifest included."""
+    return _revision(bundle, {p: p.read_bytes() for p in bundle.rglob("*") if p.is_file()})
+
+
+def _revision(bundle: Path, contents: Mapping[Path, bytes]) -> str:
     h = hashlib.sha256()
-    for p in sorted(q for q in bundle.rglob("*") if q.is_file()):
-        h.update(p.relative_to(bundle).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+    for p in sorted(contents):
+        h.update(p.relative_to(bundle).as_posix().encode() + b"\0" + contents[p] + b"\0")
     return h.hexdigest()
+
+
+def _bundle_snapshot(bundle: Path) -> dict[Path, bytes]:
+    """Every file of the bundle, read once: what an engine loads and the revision it reports are the same bytes
+    even while the files are being replaced (a reload during a deploy)."""
+    contents: dict[Path, bytes] = {}
+    for p in sorted(bundle.rglob("*")):
+        if p.is_file():
+            try:
+                contents[p] = p.read_bytes()
+            except OSError as exc:
+                raise PolicyConfigError(f"cannot read policy file {p}: {exc.strerror or exc}") from None
+    return contents
 
 
 def strip_test_rules(source: str) -> str:
@@ -179,6 +196,10 @@ def read_policy_file(path: Path) -> str:
         raw = path.read_bytes()
     except OSError as exc:
         raise PolicyConfigError(f"cannot read policy file {path}: {exc.strerror or exc}") from None
+    return _policy_text(path, raw)
+
+
+def _policy_text(path: Path, raw: bytes) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -198,7 +219,8 @@ class RegoEngine:
     the ``input.request`` fields neither the source nor the compiled plan reads, see :func:`request_fields_read`;
     the shipped bundle reads ``request.profile`` only, so a decision does not depend on the question text): an
     evaluation the engine would repeat with the same result is looked up instead. The caller still makes and
-    audits a decision per call (:class:`ragconf.policy.service.PolicyService`)."""
+    audits a decision per call (:class:`ragconf.policy.service.PolicyService`). ``revision`` is the
+    :func:`bundle_revision` of the bytes this engine loaded."""
 
     #: Rules compiled ahead of time (a compiled plan evaluates ~15x faster than an ad-hoc query).
     ENTRYPOINTS = (
@@ -220,13 +242,16 @@ class RegoEngine:
         self._lock = threading.Lock()
         self._interp = Interpreter()
         self._interp.log_level = LogLevel.NONE  # errors come back in the exception, not printed on stdout
-        files = bundle_files(self.bundle, tests=tests)
+        contents = _bundle_snapshot(self.bundle)
+        #: bundle_revision of exactly the files this engine loaded
+        self.revision = _revision(self.bundle, contents)
+        files = [p for p in contents if p.suffix in (".rego", ".json") and (tests or not p.name.endswith("_test.rego"))]
         if not any(p.suffix == ".rego" for p in files):
             raise PolicyConfigError(f"policy bundle '{self.bundle}' holds no .rego files")
         sources: dict[str, str] = {}
         data: list[str] = []
         for p in files:
-            text = read_policy_file(p)
+            text = _policy_text(p, contents[p])
             name = str(p.relative_to(self.bundle))
             try:
                 if p.suffix == ".rego":

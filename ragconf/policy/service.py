@@ -69,12 +69,10 @@ class PolicyService:
         bundle_dir: str | Path | None = None,
         document_fields: tuple[str, ...] = DEFAULT_DOCUMENT_FIELDS,
     ) -> None:
-        from ragconf.policy.engine import bundle_revision
-
         self.engine = engine
         self.audit = audit or AuditLog(None)
         self.bundle_dir = Path(bundle_dir) if bundle_dir else None
-        self.bundle_revision = bundle_revision(self.bundle_dir) if self.bundle_dir and self.bundle_dir.is_dir() else ""
+        self.bundle_revision = _revision(engine, self.bundle_dir) if self.bundle_dir else ""
         self.document_fields = tuple(document_fields)
         #: ``(value, reused)`` from engines that remember pure decisions (the embedded engine)
         self._engine_decide = getattr(engine, "decide", None)
@@ -224,6 +222,18 @@ class PolicyService:
             bool(result.get("redact_pii", False)),
             did,
         )
+
+
+def _revision(engine: Any, bundle_dir: Path) -> str:
+    """The revision the engine loaded (the embedded engine hashes the bytes it read: a file replaced after it
+    loaded cannot relabel its decisions), else the bundle's files as they are now."""
+    from ragconf.policy.engine import bundle_revision
+
+    loaded = getattr(engine, "revision", None)
+    engine_dir = getattr(engine, "bundle", None)
+    if isinstance(loaded, str) and isinstance(engine_dir, Path) and engine_dir.resolve() == bundle_dir.resolve():
+        return loaded
+    return bundle_revision(bundle_dir) if bundle_dir.is_dir() else ""
 
 
 def _request(request: dict[str, Any]) -> dict[str, Any]:

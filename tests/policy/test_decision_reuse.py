@@ -5,6 +5,7 @@ its input, and a bundle the analysis does not understand is never reused."""
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import types
 from pathlib import Path
@@ -18,6 +19,7 @@ from ragconf.policy.engine import (
     DECISION_MEMO_MAX_RESULT,
     PURE_BUILTINS,
     UNREPEATABLE_BUILTINS,
+    bundle_revision,
     request_fields_read,
 )
 from ragconf.policy.lint import check_forbidden, plan_facts
@@ -183,6 +185,28 @@ def test_the_memo_is_bounded_by_entries_and_entry_size(tmp_path: Path) -> None:
 
 
 # ----- bundle revisions, threads, audit --------------------------------------------------------------------
+def test_the_audited_revision_is_the_one_the_engine_loaded(tmp_path: Path) -> None:
+    bundle = tmp_path / "b"
+    shutil.copytree(BUNDLE, bundle)
+    before = bundle_revision(bundle)
+    engine = RegoEngine(bundle)
+    access = bundle / "ragconf" / "access" / "access.rego"
+    access.write_text(access.read_text() + "\n# edited while the engine loaded\n")  # a deploy mid-reload
+    svc = PolicyService(engine, None, bundle)
+    assert engine.revision == before and svc.bundle_revision == before != bundle_revision(bundle)
+    assert PolicyService(RegoEngine(bundle), None, bundle).bundle_revision == bundle_revision(bundle)
+
+
+def test_a_reload_never_serves_a_decision_of_the_old_bundle(tmp_path: Path) -> None:
+    bundle = _bundle(tmp_path, 'v := "old" if input.request.profile')
+    old = RegoEngine(bundle, entrypoints=())
+    assert old.decide("ragconf/x/v", {"request": {"profile": "p"}}) == ("old", False)
+    (bundle / "ragconf" / "x.rego").write_text('package ragconf.x\n\nv := "new" if input.request.profile\n')
+    new = RegoEngine(bundle, entrypoints=())
+    assert new.decide("ragconf/x/v", {"request": {"profile": "p"}}) == ("new", False)
+    assert old.revision != new.revision
+
+
 def test_threads_sharing_an_engine_get_their_own_decisions(tmp_path: Path) -> None:
     engine = RegoEngine(BUNDLE)
     users = [Principal(f"u{i}", (f"g{i % 3}",), f"t{i % 2}", "internal") for i in range(6)]
