@@ -5,8 +5,10 @@ graph are derived from it and, without these files, rebuilt by every process on 
 seconds for BM25 and the matrix, minutes for the graph). ``<store>.idx/`` (0700, files 0600) holds them for the
 latest generation:
 
-- ``g<generation>/meta.json``: the store's id (``info.store_id``, new for every store file) and the generation;
-  a directory whose id or generation differs from what the reader's transaction sees is never used.
+- ``g<generation>/meta.json``: the store's id (``info.store_id``, new for every store file), the generation and
+  the id of the write that made it (``info.write_id``, new for every committed write: a store restored from a
+  copy reaches the same generation numbers again with other content); a directory whose ids or generation
+  differ from what the reader's transaction sees is never used.
 - ``dense.npy`` + ``dense_rowids.npy`` (memory-mapped, read-only), ``bm25.npz``, ``hnsw-<settings>.usearch``
   (memory-mapped view; keys are row ids).
 
@@ -34,9 +36,22 @@ import numpy as np
 from ragconf._fs import FILE_MODE, private_dir
 from ragconf.errors import StoreError
 
-__all__ = ["IndexFileOptions", "IndexFiles"]
+__all__ = ["Generation", "IndexFileOptions", "IndexFiles"]
 
 log = logging.getLogger(__name__)
+
+
+class Generation(int):
+    """A store generation (an int) and the id of the write that made it (``info.write_id``, '' before any write
+    that records one): two states of one store file with the same generation number but other content (a copy
+    restored, then written) differ in ``write_id``."""
+
+    write_id: str
+
+    def __new__(cls, value: int, write_id: str = "") -> Generation:
+        gen = super().__new__(cls, value)
+        gen.write_id = write_id
+        return gen
 
 
 @dataclass(frozen=True)
@@ -86,6 +101,9 @@ class IndexFiles:
         return self.root / f"g{generation}"
 
     def _valid(self, generation: int) -> Path | None:
+        """This generation's directory when its meta.json names this store, this generation and, for a
+        :class:`Generation`, the write that made it (a plain int: an older generation of any write, the base of
+        an incremental graph update, whose files are checked against each other)."""
         if not self.opts.enabled or not self.store_id:
             return None
         d = self._dir(generation)
@@ -93,7 +111,14 @@ class IndexFiles:
             meta = json.loads((d / "meta.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        if not isinstance(meta, dict) or meta.get("store_id") != self.store_id or meta.get("generation") != generation:
+        if (
+            not isinstance(meta, dict)
+            or meta.get("store_id") != self.store_id
+            or type(meta.get("generation")) is not int
+            or meta.get("generation") != int(generation)
+        ):
+            return None
+        if isinstance(generation, Generation) and meta.get("write_id", "") != generation.write_id:
             return None
         return d
 
@@ -107,7 +132,9 @@ class IndexFiles:
             try:
                 private_dir(self.root)
                 tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=".tmp-"))
-                (tmp / "meta.json").write_text(json.dumps({"store_id": self.store_id, "generation": generation}))
+                write_id = getattr(generation, "write_id", "")
+                meta = {"store_id": self.store_id, "generation": int(generation), "write_id": write_id}
+                (tmp / "meta.json").write_text(json.dumps(meta))
                 os.chmod(tmp / "meta.json", FILE_MODE)
                 target = self._dir(generation)
                 if target.exists() and self._valid(generation) is None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import sqlite3
 import threading
 import uuid
@@ -38,7 +39,7 @@ from ragconf.store.ann import AnnOptions, HnswIndex, usearch_available
 from ragconf.store.bm25index import BM25Index
 from ragconf.store.filters import to_sql
 from ragconf.store.fusion import rrf
-from ragconf.store.persist import IndexFileOptions, IndexFiles
+from ragconf.store.persist import Generation, IndexFileOptions, IndexFiles
 from ragconf.store.text import analyze
 
 __all__ = ["SQLiteChunkStore"]
@@ -76,6 +77,15 @@ _MAX_LIMIT = 2**62
 _REBUILD = "delete the store file (and its -wal/-shm files) and re-run `ragconf ingest`"
 
 
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at ``path``; None when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
 def _as_list(embedding: Any) -> list[float] | None:
     return None if embedding is None else [float(x) for x in embedding]
 
@@ -85,6 +95,7 @@ class _Snapshot:
 
     def __init__(self, generation: int) -> None:
         self.generation = generation
+        self.write_id = getattr(generation, "write_id", "")
         self.matrix: np.ndarray | None = None
         self.rowids: np.ndarray | None = None
         self.bm25: BM25Index | None = None
@@ -121,6 +132,7 @@ class SQLiteChunkStore:
         self._closed = False
         self._snap = _Snapshot(-1)
         self._mask_cache = mask_cache
+        self._identity: tuple[tuple[int, int] | None, str | None] | None = None  # set once the file is open
         if self.path.is_dir():
             raise StoreError(f"store.path '{self.path}' is a directory", hint="store.path names the SQLite file")
         try:
@@ -137,7 +149,11 @@ class SQLiteChunkStore:
             try:
                 self._db.execute("PRAGMA busy_timeout=10000")
                 self._init_schema()
-                self._files = IndexFiles(self.path, self._store_id(), index_opts)
+                store_id = self._store_id()
+                self._files = IndexFiles(self.path, store_id, index_opts)
+                #: what every read and write checks it still uses: this file (device, inode) and its store id
+                self._abspath = Path(os.path.abspath(self.path))  # the path as given, whatever the cwd becomes
+                self._identity = (_file_id(self._abspath), store_id or None)
             except BaseException:
                 self._db.close()
                 raise
@@ -248,25 +264,44 @@ class SQLiteChunkStore:
         return conn
 
     @contextlib.contextmanager
-    def _read(self, what: str) -> Iterator[tuple[sqlite3.Connection, int]]:
-        """One read transaction on this thread's connection: (connection, generation it sees)."""
+    def _read(self, what: str) -> Iterator[tuple[sqlite3.Connection, Generation]]:
+        """One read transaction on this thread's connection: (connection, generation it sees, with the id of the
+        write that made it). The file must still be the one this store opened: a store deleted and made again
+        (or another file moved) at the path is a StoreError, never a mix of two stores' rows and caches."""
         with self._errors(what):
             conn = self._reader()
             conn.execute("BEGIN")
             try:
-                row = conn.execute("SELECT value FROM info WHERE key='generation'").fetchone()
-                yield conn, int(row[0]) if row else 0
+                info = dict(
+                    conn.execute("SELECT key, value FROM info WHERE key IN ('generation', 'store_id', 'write_id')")
+                )
+                self._check_identity(info.get("store_id"))
+                yield conn, Generation(int(info.get("generation") or 0), str(info.get("write_id") or ""))
             finally:
                 if conn.in_transaction:
                     with contextlib.suppress(sqlite3.Error):
                         conn.execute("ROLLBACK")
 
+    def _check_identity(self, store_id: Any) -> None:
+        """StoreError unless the path still names the file this store opened, with the store id it had (a store
+        opened without one, which it could not write, accepts the id another process gave it since)."""
+        if self._identity is None:  # still opening
+            return
+        file_id, opened_id = self._identity
+        if _file_id(self._abspath) != file_id or (opened_id is not None and store_id != opened_id):
+            raise StoreError(
+                f"store '{self.path}' was replaced by another file since it was opened",
+                hint="reopen the store (restart the server or the command) to use the new file",
+            )
+
     def _snapshot(self, generation: int) -> _Snapshot:
-        """The cache of ``generation`` (call under the lock). A newer generation replaces the cache; a reader
-        still on an older one gets a private, throwaway cache."""
-        if generation == self._snap.generation:
+        """The cache of ``generation`` (call under the lock). A newer generation, or the same number made by
+        another write (a restored copy written again), replaces the cache; a reader still on an older one gets a
+        private, throwaway cache."""
+        write_id = getattr(generation, "write_id", "")
+        if generation == self._snap.generation and write_id == self._snap.write_id:
             return self._snap
-        if generation > self._snap.generation:
+        if generation >= self._snap.generation:
             self._snap = _Snapshot(generation)
             return self._snap
         return _Snapshot(generation)
@@ -279,12 +314,22 @@ class SQLiteChunkStore:
                 if store._closed:
                     raise StoreError(f"store '{store.path}' is closed")
                 store._db.execute("BEGIN IMMEDIATE")
+                try:
+                    row = store._db.execute("SELECT value FROM info WHERE key='store_id'").fetchone()
+                    store._check_identity(row[0] if row else None)
+                except BaseException:
+                    with contextlib.suppress(sqlite3.Error):
+                        store._db.execute("ROLLBACK")
+                    raise
                 return store._db
 
             def __exit__(s, et: Any, ev: Any, tb: Any) -> None:  # noqa: N805
                 if et is None:
                     try:
                         store._db.execute("UPDATE info SET value = CAST(value AS INTEGER) + 1 WHERE key='generation'")
+                        # a state with this generation number but other content (a restored copy written
+                        # again) is told apart by the write that made it
+                        store._db.execute("INSERT OR REPLACE INTO info VALUES ('write_id', lower(hex(randomblob(8))))")
                         store._db.execute("COMMIT")
                         return
                     except BaseException:
@@ -395,11 +440,12 @@ class SQLiteChunkStore:
                 removed += db.execute("DELETE FROM docs WHERE corpus=? AND doc_id=?", (corpus, doc_id)).rowcount
         return removed
 
-    def index_version(self) -> int:
-        """The store's generation: bumped by every committed write (any process), so a cache keyed by it never
-        serves what an ingest or a revocation changed."""
+    def index_version(self) -> str:
+        """The store's generation and the id of the write that made it: changed by every committed write (any
+        process), so a cache keyed by it never serves what an ingest or a revocation changed, not even when a
+        restored copy of the store reaches the same generation number again."""
         with self._read("reading the index version") as (_, generation):
-            return generation
+            return f"{int(generation)}:{generation.write_id}"
 
     def doc_hashes(self, corpus: str) -> dict[str, str]:
         with self._read("reading document hashes") as (db, _):

@@ -185,3 +185,97 @@ def test_disabled_or_small_stores_write_no_files(tmp_path: Path) -> None:
 def test_bad_options_are_store_errors(tmp_path: Path, raw: object, match: str) -> None:
     with pytest.raises(StoreError, match=match):
         open_store({"path": str(tmp_path / "s.sqlite"), "index_files": raw}, embedding_dim=DIM)
+
+
+# ----- attacks: stale, replaced, damaged -------------------------------------------------------------------
+FLT = {"field": "meta.tenant", "operator": "==", "value": "a"}
+
+
+def filtered(store: SQLiteChunkStore, i: int) -> tuple[list[str], list[str], list[str]]:
+    return (
+        [d.id for d in store.bm25_retrieval(f"uniq{i} w3 w7", top_k=10, filters=FLT)],
+        [d.id for d in store.embedding_retrieval(V[i].tolist(), top_k=3, filters=FLT)],
+        [d.id for d in store.hybrid_retrieval(f"w1 uniq{i}", V[i].tolist(), filters=FLT, top_k=3)],
+    )
+
+
+def same_as_exact(store: SQLiteChunkStore, path: Path, queries: tuple[int, ...] = (3, 7, 50)) -> None:
+    ref = exact(path)
+    for i in queries:
+        assert results(store, i)[0] == results(ref, i)[0]  # BM25: exact either way
+        assert results(store, i)[1][:1] == results(ref, i)[1][:1]
+        got, want = filtered(store, i), filtered(ref, i)
+        assert got[0] == want[0] and got[1][:1] == want[1][:1]
+    ref.close()
+
+
+def test_a_restored_copy_written_again_never_uses_the_files_of_the_abandoned_history(path: Path) -> None:
+    backup = path.with_name("backup.sqlite")
+    backup.write_bytes(path.read_bytes())
+    s = open_(path)
+    before = s.index_version()
+    s.delete_docs("c", ["d3", "d51"])  # generation g+1 of one history, its files saved
+    s.warm()
+    s.close()
+    for suffix in ("-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+    path.write_bytes(backup.read_bytes())  # the operator restores the copy ...
+    s = open_(path)
+    assert s.index_version() == before
+    s.delete_docs("c", ["d7"])  # ... and writes: generation g+1 again, other content
+    s.close()
+    s = open_(path)
+    same_as_exact(s, path, (3, 7, 51))
+    assert "c7" not in results(s, 7)[0] and "c3" in results(s, 3)[0]
+    s.close()
+
+
+def test_the_index_version_changes_with_every_write_even_at_a_repeated_generation(path: Path) -> None:
+    backup = path.with_name("backup.sqlite")
+    backup.write_bytes(path.read_bytes())
+    s = open_(path)
+    s.delete_docs("c", ["d3"])
+    first = s.index_version()
+    s.close()
+    path.write_bytes(backup.read_bytes())
+    for suffix in ("-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+    s = open_(path)
+    s.delete_docs("c", ["d4"])
+    assert s.index_version().split(":")[0] == first.split(":")[0] and s.index_version() != first
+    s.close()
+
+
+def test_a_store_replaced_while_open_is_an_error_never_a_mix_of_two_stores(path: Path) -> None:
+    import threading
+
+    server = open_(path)
+    assert filtered(server, 5)[0][0] == "c5"  # tenant a; its filter mask is cached for this generation
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(path) + suffix).unlink(missing_ok=True)
+    other = open_(path)  # the store deleted and ingested again: same generation numbers, tenants flipped
+
+    def flip(i: int) -> Document:
+        d = doc(i)
+        d.meta["tenant"] = "b" if i % 2 else "a"
+        return d
+
+    other.replace_docs("c", [(f"d{i}", "h", [flip(i)]) for i in range(N)])
+    other.close()
+    outcome: list[object] = []
+
+    def read() -> None:  # a new thread: its own connection, opened on the new file
+        try:
+            outcome.append([d.meta["tenant"] for d in server.bm25_retrieval("uniq4 uniq5", top_k=5, filters=FLT)])
+        except StoreError as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=read)
+    t.start()
+    t.join()
+    assert isinstance(outcome[0], StoreError) and "replaced" in str(outcome[0])
+    with pytest.raises(StoreError, match="replaced"):  # the old connection too: the file at the path is another
+        server.bm25_retrieval("uniq4 uniq5", top_k=5, filters=FLT)
+    with pytest.raises(StoreError, match="replaced"):  # and a write never goes to the deleted file
+        server.delete_docs("c", ["d5"])
+    server.close()
