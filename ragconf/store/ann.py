@@ -156,19 +156,19 @@ class HnswIndex:
         ndim = matrix.shape[1]
         from usearch.index import Index
 
-        try:
+        try:  # whatever usearch raises for a damaged file (restoring it or reading it back) means: rebuild
             index = Index.restore(path, view=view)
-        except (RuntimeError, ValueError, OSError):
-            return None
-        if index is None or index.ndim != ndim or len(index) != len(rowids):
-            return None
-        if len(rowids) and not bool(np.array_equal(np.sort(np.asarray(index.keys, dtype=np.int64)), rowids)):
-            return None
-        sample = np.unique(np.linspace(0, len(rowids) - 1, num=min(32, len(rowids))).astype(np.int64))
-        if len(sample):
-            got = np.asarray(index.get(rowids[sample].astype(np.uint64)), dtype=np.float32)
-            if got.shape != (len(sample), ndim) or not np.allclose(got, matrix[sample], atol=0.02):
+            if index is None or index.ndim != ndim or len(index) != len(rowids):
                 return None
+            if len(rowids) and not bool(np.array_equal(np.sort(np.asarray(index.keys, dtype=np.int64)), rowids)):
+                return None
+            sample = np.unique(np.linspace(0, len(rowids) - 1, num=min(32, len(rowids))).astype(np.int64))
+            if len(sample):
+                got = np.asarray(index.get(rowids[sample].astype(np.uint64)), dtype=np.float32)
+                if got.shape != (len(sample), ndim) or not np.allclose(got, matrix[sample], atol=0.02):
+                    return None
+        except Exception:
+            return None
         if opts.expansion_search:  # not saved with the graph
             index.expansion_search = opts.expansion_search  # type: ignore[misc]  # a setter at runtime
         return cls(index, opts, len(rowids))

@@ -85,6 +85,26 @@ class IndexFileOptions:
         return opts
 
 
+def _bm25_consistent(parts: dict[str, np.ndarray], terms: list[str]) -> bool:
+    """Whether saved BM25 arrays are a well-formed index (what :meth:`BM25Index.search` indexes with): sorted int64
+    row ids, an integer term-major CSR (indptr from 0, non-decreasing, ending at the postings) whose postings name
+    existing positions, finite float impacts, one entry per distinct term."""
+    rowids, indptr, indices, data = parts["rowids"], parts["indptr"], parts["indices"], parts["data"]
+    if rowids.dtype != np.int64 or rowids.ndim != 1 or (len(rowids) > 1 and not bool(np.all(rowids[1:] > rowids[:-1]))):
+        return False
+    if indptr.ndim != 1 or indptr.dtype.kind not in "iu" or len(indptr) != len(terms) + 1:
+        return False
+    if indptr[0] != 0 or indptr[-1] != len(indices) or not bool(np.all(np.diff(indptr) >= 0)):
+        return False
+    if indices.ndim != 1 or indices.dtype.kind not in "iu" or data.ndim != 1 or data.dtype.kind != "f":
+        return False
+    if len(data) != len(indices) or not bool(np.all(np.isfinite(data))):
+        return False
+    if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= len(rowids)):
+        return False
+    return len(set(terms)) == len(terms)
+
+
 class IndexFiles:
     """The index files of one store (see module docstring). Methods never raise for a missing or bad file."""
 
@@ -221,10 +241,13 @@ class IndexFiles:
         try:
             rowids = np.load(d / "dense_rowids.npy", allow_pickle=False)
             matrix = np.load(d / "dense.npy", mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError):
+        except Exception:  # whatever a damaged file makes numpy raise (ValueError, EOFError, ...): rebuild
             return None
         if (
-            rowids.dtype != np.int64
+            not isinstance(rowids, np.ndarray)
+            or not isinstance(matrix, np.ndarray)
+            or rowids.dtype != np.int64
+            or rowids.ndim != 1
             or matrix.dtype != np.float32
             or matrix.shape != (len(rowids), dim)
             or (len(rowids) > 1 and not bool(np.all(rowids[1:] > rowids[:-1])))
@@ -247,20 +270,17 @@ class IndexFiles:
         try:
             with np.load(d / "bm25.npz", allow_pickle=False) as z:
                 parts = {k: z[k] for k in ("rowids", "indptr", "indices", "data", "vocab")}
-            terms = bytes(parts["vocab"]).decode("utf-8").split("\n") if len(parts["vocab"]) else []
-        except (OSError, ValueError, KeyError, UnicodeDecodeError):
+            vocab = parts["vocab"]
+            if vocab.dtype != np.uint8 or vocab.ndim != 1:
+                raise ValueError("vocab")
+            terms = bytes(vocab).decode("utf-8").split("\n") if len(vocab) else []
+        except Exception:  # whatever a damaged file makes numpy/zipfile raise (BadZipFile, EOFError, ...): rebuild
             return None
-        indptr, indices, rowids = parts["indptr"], parts["indices"], parts["rowids"]
-        if (
-            len(indptr) != len(terms) + 1
-            or len(indices) != len(parts["data"])
-            or (len(indptr) and indptr[-1] != len(indices))
-            or (len(indices) and (int(indices.max()) >= len(rowids) or int(indices.min()) < 0))
-        ):
+        if not _bm25_consistent(parts, terms):
             log.warning("index files: %s does not match the store; rebuilding", d / "bm25.npz")
             return None
-        vocab = {t: i for i, t in enumerate(terms)}
-        return BM25Index(rowids, vocab, indptr, indices, parts["data"])
+        vocab_ids = {t: i for i, t in enumerate(terms)}
+        return BM25Index(parts["rowids"], vocab_ids, parts["indptr"], parts["indices"], parts["data"])
 
     def save_bm25(self, generation: int, index: Any) -> None:
         terms = "\n".join(index.vocab).encode("utf-8")  # dict order is term id order

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -43,6 +44,8 @@ from ragconf.store.persist import Generation, IndexFileOptions, IndexFiles
 from ragconf.store.text import analyze
 
 __all__ = ["SQLiteChunkStore"]
+
+log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS chunks (
@@ -562,7 +565,7 @@ class SQLiteChunkStore:
                 return snap, snap.rowids, snap.matrix
             # built under the lock: concurrent readers of a new generation wait for one build
             saved = self._files.load_dense(gen, self.embedding_dim)
-            if saved is not None:
+            if saved is not None and self._dense_matches(db, *saved):
                 snap.rowids, snap.matrix = saved
                 return snap, snap.rowids, snap.matrix
             ids: list[int] = []
@@ -587,6 +590,27 @@ class SQLiteChunkStore:
             if self._files.wanted(len(ids)):
                 self._files.save_dense(gen, snap.rowids, snap.matrix)
             return snap, snap.rowids, snap.matrix
+
+    def _dense_matches(self, db: sqlite3.Connection, rowids: np.ndarray, matrix: np.ndarray) -> bool:
+        """Whether a saved matrix agrees with the store on a sample of rows (32 spread over it, the last one
+        included): the same vectors, byte for byte, and the same last row id. Cheap (a few row lookups, the
+        mapped file is not read whole); a file that passed its own checks but holds other numbers is rebuilt."""
+        last = db.execute("SELECT MAX(rowid) FROM chunks WHERE embedding IS NOT NULL").fetchone()[0]
+        if len(rowids) == 0:
+            return last is None
+        if last is None or int(rowids[-1]) != int(last):
+            return False
+        sample = np.unique(np.linspace(0, len(rowids) - 1, num=min(32, len(rowids))).astype(np.int64))
+        ids = [int(r) for r in rowids[sample]]
+        stored = dict(
+            db.execute(f"SELECT rowid, embedding FROM chunks WHERE rowid IN ({','.join('?' * len(ids))})", ids)
+        )
+        for pos, rid in zip(sample, ids, strict=True):
+            blob = stored.get(rid)
+            if not isinstance(blob, bytes) or blob != np.asarray(matrix[pos], dtype=np.float32).tobytes():
+                log.warning("index files: the saved vectors of %s do not match the store; rebuilding", self.path)
+                return False
+        return True
 
     def _mask(
         self,

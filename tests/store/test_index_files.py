@@ -136,15 +136,16 @@ def test_a_reused_row_id_gets_its_new_vector_in_the_updated_graph(path: Path) ->
     s.close()
 
 
+@pytest.mark.parametrize("junk", [b"\x93NUMPY garbage" * 3, b"PK\x03\x04 not a zip", b""], ids=["npy", "zip", "empty"])
 @pytest.mark.parametrize("name", ["dense.npy", "dense_rowids.npy", "bm25.npz", "meta.json", "hnsw"])
-def test_damaged_files_are_ignored_and_rebuilt(path: Path, name: str) -> None:
+def test_damaged_files_are_ignored_and_rebuilt(path: Path, name: str, junk: bytes) -> None:
     ref = exact(path)
     want = [results(ref, i) for i in (3, 50)]
     ref.close()
     (gen,) = gen_dirs(path)
     d = path.parent / "s.sqlite.idx" / gen
     target = next(d.glob("hnsw-*")) if name == "hnsw" else d / name
-    target.write_bytes(b"\x93NUMPY garbage" * 3)
+    target.write_bytes(junk)
     s = open_(path)
     got = [results(s, i) for i in (3, 50)]
     assert [g[0] for g in got] == [w[0] for w in want] and [g[2][:1] for g in got] == [w[2][:1] for w in want]
@@ -279,3 +280,71 @@ def test_a_store_replaced_while_open_is_an_error_never_a_mix_of_two_stores(path:
     with pytest.raises(StoreError, match="replaced"):  # and a write never goes to the deleted file
         server.delete_docs("c", ["d5"])
     server.close()
+
+
+def _npz(d: Path, **changes: object) -> None:
+    with np.load(d / "bm25.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    for k, f in changes.items():
+        arrays[k] = f(arrays[k])  # type: ignore[operator]
+    with open(d / "bm25.npz", "wb") as f:
+        np.savez(f, **arrays)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"indptr": lambda a: a.astype(np.float64)},
+        {"indices": lambda a: a.astype(np.float64)},
+        {"data": lambda a: a.astype(str)},
+        {"data": lambda a: np.full_like(a, np.nan)},
+        {"rowids": lambda a: a.astype(np.float64) + 0.5},
+        {"rowids": lambda a: a[::-1].copy()},
+        {"rowids": lambda a: np.stack([a, a])},
+        {"vocab": lambda a: np.frombuffer(b"w1\nw1", dtype=np.uint8)},
+        {"vocab": lambda a: a.astype(np.int64)},
+        {"data": lambda a: np.array([{"a": 1}], dtype=object)},
+    ],
+    ids=[
+        "indptr-float",
+        "indices-float",
+        "data-str",
+        "data-nan",
+        "rowids-float",
+        "rowids-reversed",
+        "rowids-2d",
+        "vocab-dup",
+        "vocab-int",
+        "data-object",
+    ],  # fmt: skip
+)
+def test_well_formed_but_wrong_bm25_arrays_are_ignored_never_a_traceback(path: Path, change: dict) -> None:  # type: ignore[type-arg]
+    (gen,) = gen_dirs(path)
+    _npz(path.parent / "s.sqlite.idx" / gen, **change)
+    s = open_(path)
+    same_as_exact(s, path)
+    s.close()
+
+
+@pytest.mark.parametrize("values", ["nan", "other-store"])
+def test_saved_vectors_that_differ_from_the_store_are_rebuilt(path: Path, values: str) -> None:
+    (gen,) = gen_dirs(path)
+    dense = path.parent / "s.sqlite.idx" / gen / "dense.npy"
+    shape = np.load(dense).shape
+    other = np.full(shape, np.nan, np.float32) if values == "nan" else vecs(shape[0], 99)
+    np.save(dense, other.astype(np.float32))
+    s = open_(path)
+    same_as_exact(s, path)
+    s.close()
+
+
+def test_a_read_only_index_dir_is_used_and_never_an_error(path: Path) -> None:
+    idx = path.parent / "s.sqlite.idx"
+    s = open_(path)
+    s.replace_docs("c", [("dx", "h", [doc(N + 1)])])  # a new generation: its files cannot be written
+    idx.chmod(0o500)
+    try:
+        same_as_exact(s, path)
+    finally:
+        idx.chmod(0o700)
+        s.close()
