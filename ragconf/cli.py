@@ -440,28 +440,43 @@ def tune(
         typer.Option("--output", "-o", help="Pipeline YAML to write (default: tuned/pipeline/<name>_tuned.yaml)."),
     ] = None,
     user: Annotated[str | None, typer.Option("--user", "-u", help="Tune as this user (default: eval.user).")] = None,
+    adapter: Annotated[
+        bool,
+        typer.Option(
+            "--adapter",
+            help="Also fit a query adapter (a linear map of query embeddings) on the training qrels; writes "
+            "tuned/adapters/<name>.npz and a pipeline that uses it.",
+        ),
+    ] = False,
     config_dir: ConfigDir = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Fit the hybrid fusion weights and candidate depth on an eval set's training qrels; write the tuned
-    pipeline and log a `tune` run."""
+    """Fit the hybrid fusion weights and candidate depth (and with --adapter a query adapter) on an eval set's
+    training qrels; write the tuned pipeline and log a `tune` run."""
     from ragconf.tune import tune as run_tune
+    from ragconf.tune import tune_adapter
 
     svc = _service(config_dir, overrides)
     try:
-        out = output or Path("tuned") / "pipeline" / f"{svc.rag.spec.pipeline.name}_tuned.yaml"
-        result = run_tune(
-            svc, split=split, user=user, output=out, progress=None if as_json else _plain_progress_queries
-        )
+        name = svc.rag.spec.pipeline.name
+        progress = None if as_json else _plain_progress_queries
+        if adapter:
+            out = output or Path("tuned") / "pipeline" / f"{name}_adapted.yaml"
+            result = tune_adapter(svc, split=split, user=user, output=out, progress=progress)
+        else:
+            out = output or Path("tuned") / "pipeline" / f"{name}_tuned.yaml"
+            result = run_tune(svc, split=split, user=user, output=out, progress=progress)
     finally:
         svc.close()
     if as_json:
         _emit(result.to_dict())
         return
+    what = "held-out nDCG@10" if adapter else "nDCG@10"
+    extra = f", adapter after {result.best['steps']} steps" if adapter else ""
     typer.echo(
         f"tuned {result.pipeline}.{result.component} on {result.queries} {result.split} queries: "
-        f"nDCG@10 {result.default_ndcg:.4f} -> {result.best_ndcg:.4f} with bm25 weight "
-        f"{result.best['bm25_weight']}, candidates {result.best['candidates']}"
+        f"{what} {result.default_ndcg:.4f} -> {result.best_ndcg:.4f} with bm25 weight "
+        f"{result.best['bm25_weight']}, candidates {result.best['candidates']}{extra}"
         + (f"  (run {result.run_id})" if result.run_id else "")
     )
     written = Path(str(result.output))

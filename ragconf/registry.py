@@ -241,6 +241,12 @@ _BUILTINS: list[ComponentEntry] = [
         "maximal marginal relevance on the configured embedder: pushes near-duplicate passages down",
     ),
     ComponentEntry(
+        "query_adapter",
+        "ragconf.components.adapters:QueryAdapter",
+        "other",
+        "maps the query embedding with a linear adapter fitted on training qrels (`ragconf tune --adapter`)",
+    ),
+    ComponentEntry(
         "llm_ranker",
         "ragconf.components.rankers:LLMRanker",
         "ranker",

@@ -10,6 +10,7 @@ with a ``hybrid_retriever`` or an ``rrf_joiner`` component.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,7 +19,15 @@ from typing import Any
 
 from ragconf.errors import EvalError, SpecError
 
-__all__ = ["DEFAULT_CANDIDATES", "DEFAULT_WEIGHTS", "TuneResult", "fuse_grid", "tune", "write_pipeline"]
+__all__ = [
+    "DEFAULT_CANDIDATES",
+    "DEFAULT_WEIGHTS",
+    "TuneResult",
+    "fuse_grid",
+    "tune",
+    "tune_adapter",
+    "write_pipeline",
+]
 
 #: BM25 weights tried (the dense weight is 1 - w).
 DEFAULT_WEIGHTS = (0.2, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8)
@@ -93,11 +102,12 @@ def write_pipeline(
 
     out = {k: v for k, v in pipeline.items() if v is not None}
     comps = {n: dict(c) for n, c in out["components"].items()}
-    params = dict(comps[component].get("params") or {})
-    params["weights"] = [round(best["bm25_weight"], 4), round(1.0 - best["bm25_weight"], 4)]
-    if comps[component].get("type") == "hybrid_retriever":
-        params["candidates"] = int(best["candidates"])
-    comps[component]["params"] = params
+    if component:
+        params = dict(comps[component].get("params") or {})
+        params["weights"] = [round(best["bm25_weight"], 4), round(1.0 - best["bm25_weight"], 4)]
+        if comps[component].get("type") == "hybrid_retriever":
+            params["candidates"] = int(best["candidates"])
+        comps[component]["params"] = params
     out["components"] = comps
     out["name"] = path.stem
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,8 +133,6 @@ def tune(
     progress: Callable[[int, int], None] | None = None,
 ) -> TuneResult:
     """Grid-search the fusion of ``service``'s pipeline on the eval set's ``split`` qrels (a RagService)."""
-    from ragconf.ingest.beir import load_qrels, load_queries
-
     t_start = time.perf_counter()
     rag = service.rag
     spec = rag.spec
@@ -136,16 +144,7 @@ def tune(
         raise EvalError(f"tune weights must be BM25 weights in [0, 1], got {list(weights)}")
     if not candidates or any(c <= 0 for c in candidates):
         raise EvalError(f"tune candidates must be positive depths, got {list(candidates)}")
-    root = Path(spec.eval.path)
-    qrels_path = root / "qrels" / f"{split}.tsv"
-    if not qrels_path.is_file():
-        raise EvalError(f"no {split} qrels at {qrels_path}", hint="tune on the split you will not report")
-    qrels = load_qrels(root, split)
-    queries = load_queries(root / "queries.jsonl")
-    qids = [q for q in qrels if q in queries][: max_queries or None]
-    qrels = {q: qrels[q] for q in qids}
-    if not qids:
-        raise EvalError(f"no query of {qrels_path} is in {root / 'queries.jsonl'}")
+    root, qrels, queries, qids = _training_set(spec, split, max_queries)
 
     principal = rag.principal(user or spec.eval.user or spec.identity.default_user)
     store = rag.store
@@ -181,8 +180,24 @@ def tune(
         )
         result.output = str(write_pipeline(pipe, comp, best, Path(output), note, rag.config_dir))
     result.seconds = time.perf_counter() - t_start
+    params = {"tune.split": split, "tune.component": comp, "tune.queries": len(qids)}
+    metrics = {"tune.ndcg@10": result.best_ndcg, "tune.default_ndcg@10": default}
+    result.run_id = _log_run(service, result, params, metrics, {"grid": grid})
+    return result
+
+
+def _log_run(
+    service: Any,
+    result: TuneResult,
+    params: dict[str, Any],
+    metrics: dict[str, float],
+    grid: dict[str, Any],
+    artifacts: Sequence[Path] = (),
+) -> str | None:
+    """The ``tune`` MLflow run: parameters, the best point, scores, the grid and the written files."""
     from ragconf.service import mask_secrets
 
+    rag = service.rag
     masked = mask_secrets({o.split("=", 1)[0]: o.split("=", 1)[1] for o in rag.loaded.overrides if "=" in o})
     with service.tracker.start_run(
         "tune",
@@ -190,15 +205,236 @@ def tune(
         overrides=[f"{k}={v}" for k, v in masked.items()],
         config_hash=service.config_hash(),
     ) as run:
-        run.log_params({"tune.split": split, "tune.component": comp, "tune.queries": len(qids)})
+        run.log_params(params)
         run.log_params({f"tune.best.{k}": v for k, v in result.best.items()})
-        run.log_metrics({"tune.ndcg@10": result.best_ndcg, "tune.default_ndcg@10": default})
-        run.log_dict({"grid": grid}, "tune_grid.json")
+        run.log_metrics(metrics)
+        run.log_dict(grid, "tune_grid.json")
         if result.output:
             run.log_text(Path(result.output).read_text(encoding="utf-8"), "tuned_pipeline.yaml")
+        for path in artifacts:
+            run.log_artifact(str(path))
         run.set_tags(service.run_tags())
-        result.run_id = getattr(run, "run_id", None)
+        return getattr(run, "run_id", None)
+
+
+#: BM25 weights tried after adapting the queries (an adapted dense branch often wants less BM25).
+ADAPTER_WEIGHTS = (0.0, 0.1, *DEFAULT_WEIGHTS)
+
+
+def tune_adapter(
+    service: Any,
+    *,
+    split: str = "train",
+    user: str | None = None,
+    output: str | Path | None = None,
+    holdout: float = 0.2,
+    candidates: int = 100,
+    max_queries: int | None = None,
+    max_passages: int = 50_000,
+    progress: Callable[[int, int], None] | None = None,
+) -> TuneResult:
+    """Fit a query adapter (:mod:`ragconf.adapter`) on the eval set's ``split`` qrels, then the fusion weights
+    with adapted queries, and write both: the adapter file and a pipeline with a ``query_adapter`` after the
+    query embedder.
+
+    What the tuning user may see is all it learns from: every question's candidates (BM25 and dense top
+    ``candidates``) and its relevant passages are read through that user's access filter. A share ``holdout``
+    of the questions (chosen by a hash of their ids) picks the number of training steps and the fusion weight
+    and gives the reported before/after nDCG@10; the adapter written is then refitted on every question."""
+    import hashlib
+
+    import numpy as np
+
+    from ragconf.adapter import fit_adapter, save_adapter
+
+    t_start = time.perf_counter()
+    rag = service.rag
+    spec = rag.spec
+    pipe = spec.pipeline.model_dump()
+    embedder = _query_embedder(pipe, spec.pipeline.name)
+    fusers = [n for n, c in pipe.get("components", {}).items() if c.get("type") in _FUSERS]
+    comp, kind = _fuser(pipe, spec.pipeline.name) if fusers else ("", "")
+    if not 0.0 <= holdout < 1.0:
+        raise EvalError(f"tune holdout must be a fraction in [0, 1), got {holdout}")
+    root, qrels, queries, qids = _training_set(spec, split, max_queries)
+    principal = rag.principal(user or spec.eval.user or spec.identity.default_user)
+    store = rag.store
+    X = np.asarray(rag.embedder.embed([queries[q] for q in qids]), dtype=np.float32)
+    filters: list[Any] = []
+    lex_lists: list[list[str]] = []
+    cand: dict[str, None] = {}
+    for i, qid in enumerate(qids):
+        flt = rag.policy.retrieval_filter(principal, {"query": queries[qid], "action": "retrieve"}).filters
+        lex = store.bm25_retrieval(queries[qid], filters=flt, top_k=candidates)
+        dense = store.embedding_retrieval(X[i].tolist(), filters=flt, top_k=candidates)
+        filters.append(flt)
+        lex_lists.append([d.id for d in lex])
+        cand.update((d.id, None) for d in [*lex, *dense])
+        if progress:
+            progress(i + 1, len(qids))
+    # the passages: every candidate and every chunk of a relevant document the tuning user may see
+    chunks: dict[str, Any] = {}
+    for flt in {json.dumps(f, sort_keys=True): f for f in filters}.values():
+        wanted = sorted({d for q in qids for d in qrels[q]})
+        for part in range(0, len(wanted), 500):
+            cond = {"field": "meta.doc_id", "operator": "in", "value": wanted[part : part + 500]}
+            for d in store.filter_documents({"operator": "AND", "conditions": [flt, cond]} if flt else cond):
+                chunks[d.id] = d
+        ids = list(cand)[:max_passages]
+        for part in range(0, len(ids), 500):
+            cond = {"field": "id", "operator": "in", "value": ids[part : part + 500]}
+            for d in store.filter_documents({"operator": "AND", "conditions": [flt, cond]} if flt else cond):
+                chunks[d.id] = d
+    docs = [d for d in chunks.values() if d.embedding is not None]
+    E = np.asarray([d.embedding for d in docs], dtype=np.float32)
+    col = {d.id: j for j, d in enumerate(docs)}
+    Y = np.zeros((len(qids), len(docs)), dtype=np.float32)
+    for n, qid in enumerate(qids):
+        rel = [col[d.id] for d in docs if str((d.meta or {}).get("doc_id")) in qrels[qid] and qrels[qid][
+            str((d.meta or {}).get("doc_id"))] > 0]  # fmt: skip
+        if rel:
+            Y[n, rel] = 1.0 / len(rel)
+    usable = Y.sum(axis=1) > 0
+    if int(usable.sum()) < 10:
+        raise EvalError(
+            f"only {int(usable.sum())} of {len(qids)} {split} questions have a relevant passage the tuning user "
+            "may see; an adapter needs at least 10",
+            hint="tune as a user who may see the training documents (--user)",
+        )
+    keep = np.flatnonzero(usable)
+    qids = [qids[i] for i in keep]
+    X, Y = X[keep], Y[keep]
+    lex_lists = [lex_lists[i] for i in keep]
+    filters = [filters[i] for i in keep]
+    held = np.array([int(hashlib.sha256(q.encode()).hexdigest(), 16) % 1000 < holdout * 1000 for q in qids])
+    fit = fit_adapter(X, Y, E, held)
+
+    # fusion weights (and the before/after score) on the held-out questions, with the adapter fitted without them
+    def lists_for(W: np.ndarray | None, rows: np.ndarray) -> dict[str, tuple[list[str], list[str]]]:
+        out = {}
+        for i in rows:
+            q = X[i] if W is None else W @ X[i]
+            q = q / (np.linalg.norm(q) or 1.0)
+            dense = store.embedding_retrieval(q.tolist(), filters=filters[i], top_k=candidates)
+            lex = [chunks[c] for c in lex_lists[i] if c in chunks]
+            out[qids[i]] = (_doc_ids(lex) if lex else _lex_ids(store, queries[qids[i]], filters[i], candidates),
+                            _doc_ids(dense))  # fmt: skip
+        return out
+
+    rows = np.flatnonzero(held) if held.any() else np.arange(len(qids))
+    held_qrels = {qids[i]: qrels[qids[i]] for i in rows}
+    before_lists = lists_for(None, rows)
+    after_lists = lists_for(fit.W_fit, rows)
+    current = _current(pipe, comp, kind) if comp else (0.0, candidates)
+    before = fuse_grid(before_lists, held_qrels, [current[0]], [candidates])[0]["ndcg@10"]
+    weights = ADAPTER_WEIGHTS if comp else (0.0,)
+    grid = fuse_grid(after_lists, held_qrels, weights, [candidates])
+    best = max(grid, key=lambda g: (round(g["ndcg@10"], 6), -abs(g["bm25_weight"] - 0.5)))
+    result = TuneResult(
+        pipeline=spec.pipeline.name,
+        component=comp or embedder,
+        split=split,
+        queries=len(qids),
+        best={"bm25_weight": best["bm25_weight"], "candidates": candidates, "steps": fit.steps},
+        best_ndcg=best["ndcg@10"],
+        default_ndcg=before,
+        grid=grid,
+    )
+    out = Path(output) if output is not None else Path("tuned") / "pipeline" / f"{spec.pipeline.name}_adapted.yaml"
+    adapter_file = out.parent.parent / "adapters" / f"{out.stem}.npz"
+    save_adapter(
+        adapter_file,
+        fit.W,
+        {
+            "embedder": rag.embedder.fingerprint(),
+            "eval_set": root.name,
+            "split": split,
+            "questions": len(qids),
+            "holdout_questions": int(held.sum()),
+            "passages": len(docs),
+            "steps": fit.steps,
+            "holdout_ndcg@10": {"before": before, "after": best["ndcg@10"]},
+        },
+    )
+    note = (
+        f"ragconf tune --adapter: {spec.pipeline.name} with a query adapter fitted on {root.name} {split} qrels "
+        f"({len(qids)} questions);\nheld-out nDCG@10 {before:.4f} -> {best['ndcg@10']:.4f}. Use: "
+        f"pipeline={out.stem} with --config-dir {out.parent.parent}."
+    )
+    tuned = _with_adapter(pipe, embedder, str(adapter_file.resolve()))
+    result.output = str(
+        write_pipeline(tuned, comp, best, out, note, rag.config_dir) if comp else _write(tuned, out, note, rag)
+    )
+    result.seconds = time.perf_counter() - t_start
+    params = {
+        "tune.mode": "adapter",
+        "tune.split": split,
+        "tune.queries": len(qids),
+        "tune.holdout_queries": int(held.sum()),
+        "tune.passages": len(docs),
+    }
+    metrics = {"tune.ndcg@10": result.best_ndcg, "tune.default_ndcg@10": before}
+    if np.isfinite(fit.holdout_loss):
+        metrics["tune.holdout_loss"] = float(fit.holdout_loss)
+    result.run_id = _log_run(service, result, params, metrics, {"grid": grid}, [adapter_file])
     return result
+
+
+def _lex_ids(store: Any, question: str, flt: Any, k: int) -> list[str]:
+    return _doc_ids(store.bm25_retrieval(question, filters=flt, top_k=k))
+
+
+def _query_embedder(pipeline: dict[str, Any], name: str) -> str:
+    found = [n for n, c in pipeline.get("components", {}).items() if c.get("type") == "text_embedder"]
+    if len(found) != 1:
+        raise SpecError(
+            f"pipeline '{name}' has {len(found)} query embedders (text_embedder); an adapter needs exactly one",
+            hint="tune --adapter a pipeline with a dense branch (e.g. pipeline=hybrid)",
+        )
+    if any(c.get("type") == "query_adapter" for c in pipeline["components"].values()):
+        raise SpecError(f"pipeline '{name}' already has a query_adapter", hint="tune the pipeline it was made from")
+    return found[0]
+
+
+def _with_adapter(pipeline: dict[str, Any], embedder: str, path: str) -> dict[str, Any]:
+    """``pipeline`` with a ``query_adapter`` (named ``adapter``) taking every edge out of ``embedder.embedding``."""
+    out = dict(pipeline)
+    comps: dict[str, Any] = {}
+    for n, c in pipeline["components"].items():
+        comps[n] = dict(c)
+        if n == embedder:
+            comps["adapter"] = {"type": "query_adapter", "params": {"model": path}}
+    out["components"] = comps
+    src = f"{embedder}.embedding"
+    conns = [dict(c, sender="adapter.embedding") if c.get("sender") == src else dict(c) for c in
+             pipeline.get("connections") or []]  # fmt: skip
+    out["connections"] = [{"sender": src, "receiver": "adapter.embedding"}, *conns]
+    return out
+
+
+def _write(pipeline: dict[str, Any], out: Path, note: str, rag: Any) -> Path:
+    """Write ``pipeline`` as is (no fusion to tune) the way :func:`write_pipeline` does."""
+    return write_pipeline(pipeline, "", {}, out, note, rag.config_dir)
+
+
+def _training_set(
+    spec: Any, split: str, max_queries: int | None
+) -> tuple[Path, dict[str, dict[str, int]], dict[str, str], list[str]]:
+    """(eval root, qrels, questions, query ids) of the eval set's ``split``, with clean errors."""
+    from ragconf.ingest.beir import load_qrels, load_queries
+
+    if not spec.eval.path or spec.eval.name == "none":
+        raise EvalError("tune needs an evaluation set with training qrels", hint="e.g. eval=beir eval.path=DIR")
+    root = Path(spec.eval.path)
+    qrels_path = root / "qrels" / f"{split}.tsv"
+    if not qrels_path.is_file():
+        raise EvalError(f"no {split} qrels at {qrels_path}", hint="tune on the split you will not report")
+    qrels = load_qrels(root, split)
+    queries = load_queries(root / "queries.jsonl")
+    qids = [q for q in qrels if q in queries][: max_queries or None]
+    if not qids:
+        raise EvalError(f"no query of {qrels_path} is in {root / 'queries.jsonl'}")
+    return root, {q: qrels[q] for q in qids}, queries, qids
 
 
 def _current(pipe: dict[str, Any], comp: str, kind: str) -> tuple[float, int]:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from ragconf.adapter import load_adapter
 from tests.conftest import ROOT, run_cli
 
 MINI = ROOT / "tests" / "fixtures" / "scifact_mini"
@@ -66,3 +67,53 @@ def test_tune_needs_a_fusion_component_and_training_qrels(mini_dir: Path) -> Non
     assert proc.returncode == 2 and "no fusion component" in proc.stderr and "Traceback" not in proc.stderr
     proc = run_cli("tune", *BEIR, cwd=mini_dir)  # scifact_mini has no train split
     assert proc.returncode == 2 and "no train qrels" in proc.stderr and "Traceback" not in proc.stderr
+
+
+BEIR_H = [*BEIR[:-2], "identity=anonymous", "pipeline=hybrid"]
+
+
+def test_tune_adapter_writes_an_adapter_and_a_pipeline_that_runs(mini_dir: Path) -> None:
+    proc = run_cli("tune", *BEIR_H, "--split", "test", "--adapter", "--json", cwd=mini_dir)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    res = json.loads(proc.stdout)
+    out = mini_dir / res["output"]
+    assert out == mini_dir / "tuned" / "pipeline" / "hybrid_adapted.yaml"
+    adapter = mini_dir / "tuned" / "adapters" / "hybrid_adapted.npz"
+    W, meta = load_adapter(adapter)
+    assert W.shape == (384, 384) and meta["split"] == "test" and meta["questions"] == res["queries"] > 10
+    assert meta["embedder"]["model_id"] == "minilm-int8" and meta["steps"] == res["best"]["steps"]
+    import yaml
+
+    tuned = yaml.safe_load(out.read_text())
+    assert tuned["components"]["adapter"] == {"type": "query_adapter", "params": {"model": str(adapter)}}
+    assert {"sender": "adapter.embedding", "receiver": "dense.query_embedding"} in tuned["connections"]
+    assert {"sender": "query_embedder.embedding", "receiver": "adapter.embedding"} in tuned["connections"]
+    ev = run_cli("eval", *BEIR_H, "pipeline=hybrid_adapted", "--config-dir", "tuned", "--json", cwd=mini_dir)
+    assert ev.returncode == 0, ev.stdout + ev.stderr
+    assert json.loads(ev.stdout)["metrics"]["ndcg@10"] > 0.5
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{(mini_dir / '.ragconf' / 'mlflow.db').resolve()}")
+    run = client.get_run(res["run_id"])
+    assert run.data.params["tune.mode"] == "adapter" and "tune.ndcg_10" in run.data.metrics
+    names = {a.path for a in client.list_artifacts(res["run_id"])}
+    assert {"hybrid_adapted.npz", "tuned_pipeline.yaml", "tune_grid.json"} <= names
+
+
+def test_tune_adapter_errors_are_clean(mini_dir: Path, tmp_path: Path) -> None:
+    proc = run_cli("tune", *BEIR, "pipeline=bm25", "--split", "test", "--adapter", cwd=mini_dir)
+    assert proc.returncode == 2 and "0 query embedders" in proc.stderr and "Traceback" not in proc.stderr
+    bad = tmp_path / "cfg" / "pipeline"
+    bad.mkdir(parents=True)
+    (bad / "broken.yaml").write_text(
+        "name: broken\ncomponents:\n  query_embedder: {type: text_embedder}\n"
+        f"  adapter: {{type: query_adapter, params: {{model: {tmp_path / 'nope.npz'}}}}}\n"
+        "  dense: {type: embedding_retriever}\nconnections:\n"
+        "  - {sender: query_embedder.embedding, receiver: adapter.embedding}\n"
+        "  - {sender: adapter.embedding, receiver: dense.query_embedding}\n"
+        "inputs:\n  query: [query_embedder.text]\noutput: dense.documents\n"
+    )
+    (tmp_path / "cfg" / "config.yaml").write_text((ROOT / "configs" / "config.yaml").read_text())
+    proc = run_cli("ask", "what?", *BEIR, "pipeline=broken", "--config-dir", str(tmp_path / "cfg"), cwd=mini_dir)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "no query adapter file" in proc.stderr and "adapter" in proc.stderr and "Traceback" not in proc.stderr

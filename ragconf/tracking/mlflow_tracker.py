@@ -272,6 +272,10 @@ class RunHandle:
             artifact_file,
         )
 
+    def log_artifact(self, path: str) -> None:
+        """A file (e.g. a tuned adapter) copied into the run's artifacts."""
+        self._safe("logging an artifact", self._client.log_artifact, self.run_id, str(path))
+
     def log_model_fingerprint(self, name: str, files: list[Path]) -> str:
         digest = sha256_files(files)
         self.set_tags({f"model.{name}.sha256": digest, f"model.{name}.files": ", ".join(Path(f).name for f in files)})
@@ -796,6 +800,9 @@ class DeferredRun:
 
     def log_dict(self, data: Any, artifact_file: str) -> None:
         self._record("log_dict", copy.deepcopy(data), artifact_file)
+
+    def log_artifact(self, path: str) -> None:
+        self._record("log_artifact", str(path))
 
     def log_model_fingerprint(self, name: str, files: list[Path]) -> str:
         self._record("log_model_fingerprint", name, list(files))
