@@ -32,8 +32,9 @@ class AnnOptions:
     - ``exact_below`` / ``exact_rows``: a filter allowing less than this fraction of the vectors, or at most this
       many rows, is searched exactly over the allowed rows (cheap when selective: scoring 100k rows takes a few
       ms, while the graph would need ~1/fraction times more candidates, mostly forbidden ones).
-    - ``candidates``: the graph returns at least this many candidates (and ``oversample`` x ``top_k``), scaled
-      up by 1/selectivity under a filter; they are re-scored exactly.
+    - ``candidates``: the graph returns at least this many candidates (and ``oversample`` x ``top_k``), more
+      beyond 100k vectors (x (n/100k)^0.25: 534 at 1M), scaled up by 1/selectivity under a filter; they are
+      re-scored exactly.
     """
 
     mode: str = "auto"
@@ -92,8 +93,11 @@ class AnnOptions:
         )
 
     def want(self, top_k: int, n: int, n_allowed: int) -> int:
-        """How many graph candidates to ask for ``top_k`` results when ``n_allowed`` of ``n`` rows pass."""
-        base = max(self.candidates, math.ceil(self.oversample * top_k))
+        """How many graph candidates to ask for ``top_k`` results when ``n_allowed`` of ``n`` rows pass:
+        ``candidates`` (at least ``oversample`` x top_k) up to 100k vectors, growing with the fourth root of the
+        size beyond (a bigger graph needs a wider net for the same recall: at 1M, 300 candidates gave
+        recall@10 0.93-0.96 against exact search, 500 gave 0.983), scaled up by 1/selectivity under a filter."""
+        base = max(self.candidates, math.ceil(self.oversample * top_k)) * max(1.0, (n / 100_000) ** 0.25)
         return min(n, math.ceil(base * n / max(1, n_allowed)))
 
 
