@@ -115,8 +115,33 @@ def null_tracer() -> Iterator[None]:
         tracing.tracer.actual_tracer = saved
 
 
+@contextlib.contextmanager
+def stock_haystack_copy(on: bool) -> Iterator[None]:
+    """While on: Haystack's own per-leaf input copy instead of the fast equal one ragconf installs
+    (``ragconf.compile.fast_deepcopy``), i.e. the baseline as a plain Haystack user runs it."""
+    if not on:
+        yield
+        return
+    from haystack.core.pipeline import base, pipeline, utils
+
+    saved = (base._deepcopy_with_exceptions, pipeline._deepcopy_with_exceptions)
+    base._deepcopy_with_exceptions = pipeline._deepcopy_with_exceptions = utils._deepcopy_with_exceptions
+    try:
+        yield
+    finally:
+        base._deepcopy_with_exceptions, pipeline._deepcopy_with_exceptions = saved
+
+
 def _timed_rounds(
-    rag: Any, base: Any, qs: list[str], user: str, rounds: int, *, traced_baseline: bool, profiler: Any = None
+    rag: Any,
+    base: Any,
+    qs: list[str],
+    user: str,
+    rounds: int,
+    *,
+    traced_baseline: bool,
+    profiler: Any = None,
+    stock: bool = False,
 ) -> tuple[list[float], list[float], list[list[dict[str, Any]]], list[list[dict[str, Any]]]]:
     from ragconf import spans
 
@@ -144,7 +169,7 @@ def _timed_rounds(
                 dt = (time.perf_counter() - t0) * 1000
             b_traces.append(trace)
         else:
-            with null_tracer():
+            with null_tracer(), stock_haystack_copy(stock):
                 t0 = time.perf_counter()
                 base(q)
                 dt = (time.perf_counter() - t0) * 1000
@@ -202,6 +227,11 @@ def main() -> int:
         action="store_true",
         help="evaluate every policy decision (no reuse of remembered results): the cost for inputs never seen",
     )
+    ap.add_argument(
+        "--stock-haystack",
+        action="store_true",
+        help="time the baseline with Haystack's own input copy (ragconf installs a faster equal one process-wide)",
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -231,7 +261,9 @@ def main() -> int:
 
         memo0 = dict(cache_stats().get("policy_decisions", {}))
         red0 = dict(redact.stats)
-        a_ms, b_ms, _, _ = _timed_rounds(rag, base, qs, args.user, args.rounds, traced_baseline=False)
+        a_ms, b_ms, _, _ = _timed_rounds(
+            rag, base, qs, args.user, args.rounds, traced_baseline=False, stock=args.stock_haystack
+        )
         memo1 = dict(cache_stats().get("policy_decisions", {}))
         red1 = dict(redact.stats)
         profiler = None

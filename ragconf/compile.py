@@ -12,6 +12,7 @@ connected; otherwise the spec is rejected.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -112,9 +113,53 @@ def _stage_pipeline() -> Any:
     return _STAGE_PIPELINE[0]()
 
 
+_ATOMIC = frozenset(_IMMUTABLE)
+
+
+def fast_deepcopy(obj: Any) -> Any:
+    """Haystack's ``_deepcopy_with_exceptions``, faster and with the same result: plain lists, tuples, sets and
+    dicts are walked here (a container of only strings, numbers, booleans and None is copied in one step: such
+    items deep-copy to themselves), those items are returned as they are, a Haystack ``Document`` goes straight
+    to ``copy.deepcopy`` (it is no Component, Tool or Toolset, so Haystack would do the same after its checks);
+    anything else (subclasses, components, tools, other objects) takes Haystack's own function. Haystack copies
+    every component's inputs before running it, checking each leaf against the ``Component`` protocol: a
+    384-float query embedding took 2-12 ms per ask on this machine."""
+    from haystack.core.pipeline.utils import _deepcopy_with_exceptions
+
+    kind = type(obj)
+    if kind in _ATOMIC:
+        return obj
+    if kind is list or kind is tuple or kind is set:
+        if all(type(v) in _ATOMIC for v in obj):
+            return kind(obj)
+        return kind(fast_deepcopy(v) for v in obj)
+    if kind is dict:
+        return {k: fast_deepcopy(v) for k, v in obj.items()}
+    if kind is _document_class():
+        return copy.deepcopy(obj)
+    return _deepcopy_with_exceptions(obj)
+
+
+def _document_class() -> type:
+    from haystack import Document
+
+    return Document
+
+
+def _install_fast_deepcopy() -> None:
+    """Point Haystack's pipeline modules at :func:`fast_deepcopy` (once; only over Haystack's own function)."""
+    from haystack.core.pipeline import base, pipeline, utils
+
+    for module in (base, pipeline):
+        if getattr(module, "_deepcopy_with_exceptions", None) is utils._deepcopy_with_exceptions:
+            module._deepcopy_with_exceptions = fast_deepcopy  # type: ignore[attr-defined]
+
+
 def _stage_pipeline_class() -> type:
     from haystack import Pipeline
     from haystack.core.pipeline.utils import _deepcopy_with_exceptions
+
+    _install_fast_deepcopy()
 
     class StagePipeline(Pipeline):
         """Haystack's Pipeline, minus one defensive copy of the run's inputs.

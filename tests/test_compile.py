@@ -413,3 +413,43 @@ _GRABBY: list[Any] = []
 
 def _grabby_factory(tag: str) -> Any:
     return _GRABBY[-1](tag)
+
+
+def test_fast_deepcopy_equals_haystacks_copy_and_is_installed() -> None:
+    """The fast path returns what Haystack's element-by-element copy returns, as a new container, for any
+    nesting; the pipeline modules use it once a stage pipeline exists."""
+    from haystack import Document
+    from haystack.core.pipeline import pipeline as hp
+    from haystack.core.pipeline.utils import _deepcopy_with_exceptions
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from ragconf.compile import _stage_pipeline, fast_deepcopy
+
+    atoms = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=5))
+    docs = st.builds(lambda t: Document(content=t, meta={"k": [t]}), st.text(max_size=5))
+    values = st.recursive(
+        st.one_of(atoms, docs),
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=4),
+            st.tuples(inner, inner),
+            st.dictionaries(st.text(max_size=3), inner, max_size=3),
+        ),
+        max_leaves=12,
+    )
+
+    @settings(max_examples=200, deadline=None)
+    @given(values)
+    def same(obj: object) -> None:
+        fast, ref = fast_deepcopy(obj), _deepcopy_with_exceptions(obj)
+        assert fast == ref and type(fast) is type(ref)
+        if isinstance(obj, (list, dict)):
+            assert fast is not obj
+
+    same()
+    emb = [0.5] * 384
+    copied = fast_deepcopy(emb)
+    copied[0] = 9.0
+    assert emb[0] == 0.5  # a copy, never the caller's list
+    _stage_pipeline()
+    assert hp._deepcopy_with_exceptions is fast_deepcopy
