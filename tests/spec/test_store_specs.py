@@ -40,7 +40,7 @@ def test_key_of_another_store_type_on_the_command_line_names_valid_keys() -> Non
         load_config(overrides=["store.hosts=http://127.0.0.1:9200"])
     err = info.value
     assert err.key == "store.hosts" and err.exit_code == 2
-    assert sorted(err.valid or []) == ["ann", "path", "type"]
+    assert sorted(err.valid or []) == ["ann", "index_files", "path", "type"]
     assert "store type 'sqlite'" in str(err) and "store=elasticsearch" in (err.hint or "")
     assert "command-line override 'store.hosts=" in (err.source or "")
 
@@ -56,7 +56,7 @@ def test_key_of_another_store_type_in_a_team_file_names_that_file(tmp_path: Path
         load_config(team)
     assert info.value.key == "store.hosts"
     assert info.value.source == str(team / "store" / "mine.yaml")
-    assert sorted(info.value.valid or []) == ["ann", "path", "type"]
+    assert sorted(info.value.valid or []) == ["ann", "index_files", "path", "type"]
 
 
 def test_unknown_store_type_lists_the_types(tmp_path: Path) -> None:
