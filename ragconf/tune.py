@@ -246,6 +246,7 @@ def tune_adapter(
     import numpy as np
 
     from ragconf.adapter import fit_adapter, save_adapter
+    from ragconf.store.filters import combine
 
     t_start = time.perf_counter()
     rag = service.rag
@@ -261,37 +262,35 @@ def tune_adapter(
     store = rag.store
     X = np.asarray(rag.embedder.embed([queries[q] for q in qids]), dtype=np.float32)
     filters: list[Any] = []
-    lex_lists: list[list[str]] = []
+    lists: list[tuple[list[str], list[str]]] = []  # (BM25, dense) document ids of the unadapted question
     cand: dict[str, None] = {}
     for i, qid in enumerate(qids):
         flt = rag.policy.retrieval_filter(principal, {"query": queries[qid], "action": "retrieve"}).filters
         lex = store.bm25_retrieval(queries[qid], filters=flt, top_k=candidates)
         dense = store.embedding_retrieval(X[i].tolist(), filters=flt, top_k=candidates)
         filters.append(flt)
-        lex_lists.append([d.id for d in lex])
+        lists.append((_doc_ids(lex), _doc_ids(dense)))
         cand.update((d.id, None) for d in [*lex, *dense])
         if progress:
             progress(i + 1, len(qids))
     # the passages: every candidate and every chunk of a relevant document the tuning user may see
     chunks: dict[str, Any] = {}
+    wanted = sorted({d for q in qids for d in qrels[q]})
+    ids = list(cand)[:max_passages]
     for flt in {json.dumps(f, sort_keys=True): f for f in filters}.values():
-        wanted = sorted({d for q in qids for d in qrels[q]})
-        for part in range(0, len(wanted), 500):
-            cond = {"field": "meta.doc_id", "operator": "in", "value": wanted[part : part + 500]}
-            for d in store.filter_documents({"operator": "AND", "conditions": [flt, cond]} if flt else cond):
-                chunks[d.id] = d
-        ids = list(cand)[:max_passages]
-        for part in range(0, len(ids), 500):
-            cond = {"field": "id", "operator": "in", "value": ids[part : part + 500]}
-            for d in store.filter_documents({"operator": "AND", "conditions": [flt, cond]} if flt else cond):
-                chunks[d.id] = d
+        for field_, values in (("meta.doc_id", wanted), ("id", ids)):
+            for part in range(0, len(values), 500):
+                cond = {"field": field_, "operator": "in", "value": values[part : part + 500]}
+                for d in store.filter_documents(combine(flt, cond)):
+                    chunks[d.id] = d
     docs = [d for d in chunks.values() if d.embedding is not None]
     E = np.asarray([d.embedding for d in docs], dtype=np.float32)
-    col = {d.id: j for j, d in enumerate(docs)}
+    columns: dict[str, list[int]] = {}
+    for j, d in enumerate(docs):
+        columns.setdefault(str((d.meta or {}).get("doc_id")), []).append(j)
     Y = np.zeros((len(qids), len(docs)), dtype=np.float32)
     for n, qid in enumerate(qids):
-        rel = [col[d.id] for d in docs if str((d.meta or {}).get("doc_id")) in qrels[qid] and qrels[qid][
-            str((d.meta or {}).get("doc_id"))] > 0]  # fmt: skip
+        rel = [j for doc_id, grade in qrels[qid].items() if grade > 0 for j in columns.get(doc_id, [])]
         if rel:
             Y[n, rel] = 1.0 / len(rel)
     usable = Y.sum(axis=1) > 0
@@ -304,27 +303,21 @@ def tune_adapter(
     keep = np.flatnonzero(usable)
     qids = [qids[i] for i in keep]
     X, Y = X[keep], Y[keep]
-    lex_lists = [lex_lists[i] for i in keep]
+    lists = [lists[i] for i in keep]
     filters = [filters[i] for i in keep]
     held = np.array([int(hashlib.sha256(q.encode()).hexdigest(), 16) % 1000 < holdout * 1000 for q in qids])
     fit = fit_adapter(X, Y, E, held)
 
     # fusion weights (and the before/after score) on the held-out questions, with the adapter fitted without them
-    def lists_for(W: np.ndarray | None, rows: np.ndarray) -> dict[str, tuple[list[str], list[str]]]:
-        out = {}
-        for i in rows:
-            q = X[i] if W is None else W @ X[i]
-            q = q / (np.linalg.norm(q) or 1.0)
-            dense = store.embedding_retrieval(q.tolist(), filters=filters[i], top_k=candidates)
-            lex = [chunks[c] for c in lex_lists[i] if c in chunks]
-            out[qids[i]] = (_doc_ids(lex) if lex else _lex_ids(store, queries[qids[i]], filters[i], candidates),
-                            _doc_ids(dense))  # fmt: skip
-        return out
-
     rows = np.flatnonzero(held) if held.any() else np.arange(len(qids))
     held_qrels = {qids[i]: qrels[qids[i]] for i in rows}
-    before_lists = lists_for(None, rows)
-    after_lists = lists_for(fit.W_fit, rows)
+    before_lists = {qids[i]: lists[i] for i in rows}
+    after_lists = {}
+    for row in rows.tolist():
+        q = fit.W_fit @ X[row]
+        q = q / (np.linalg.norm(q) or 1.0)
+        dense = store.embedding_retrieval(q.tolist(), filters=filters[row], top_k=candidates)
+        after_lists[qids[row]] = (lists[row][0], _doc_ids(dense))
     current = _current(pipe, comp, kind) if comp else (0.0, candidates)
     before = fuse_grid(before_lists, held_qrels, [current[0]], [candidates])[0]["ndcg@10"]
     weights = ADAPTER_WEIGHTS if comp else (0.0,)
@@ -378,10 +371,6 @@ def tune_adapter(
         metrics["tune.holdout_loss"] = float(fit.holdout_loss)
     result.run_id = _log_run(service, result, params, metrics, {"grid": grid}, [adapter_file])
     return result
-
-
-def _lex_ids(store: Any, question: str, flt: Any, k: int) -> list[str]:
-    return _doc_ids(store.bm25_retrieval(question, filters=flt, top_k=k))
 
 
 def _query_embedder(pipeline: dict[str, Any], name: str) -> str:
