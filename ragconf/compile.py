@@ -13,6 +13,7 @@ connected; otherwise the spec is rejected.
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,8 +125,6 @@ def fast_deepcopy(obj: Any) -> Any:
     anything else (subclasses, components, tools, other objects) takes Haystack's own function. Haystack copies
     every component's inputs before running it, checking each leaf against the ``Component`` protocol: a
     384-float query embedding took 2-12 ms per ask on this machine."""
-    from haystack.core.pipeline.utils import _deepcopy_with_exceptions
-
     kind = type(obj)
     if kind in _ATOMIC:
         return obj
@@ -137,9 +136,12 @@ def fast_deepcopy(obj: Any) -> Any:
         return {k: fast_deepcopy(v) for k, v in obj.items()}
     if kind is _document_class():
         return copy.deepcopy(obj)
+    from haystack.core.pipeline.utils import _deepcopy_with_exceptions
+
     return _deepcopy_with_exceptions(obj)
 
 
+@functools.cache
 def _document_class() -> type:
     from haystack import Document
 
