@@ -60,6 +60,7 @@ def _uvicorn_options(spec: Any, host: str | None, port: int | None, log_level: s
         "port": spec.port if port is None else port,
         "log_level": log_level,
         "timeout_graceful_shutdown": int(spec.request_timeout_s) + 5,
+        "timeout_keep_alive": spec.keep_alive_s,
         "server_header": False,
     }
 

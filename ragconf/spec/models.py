@@ -439,6 +439,9 @@ class ServeSpec(_Strict):
     #: Requests waiting for a worker beyond which the server answers 503.
     max_queue: int = Field(64, ge=0)
     request_timeout_s: float = Field(60.0, gt=0)
+    #: Seconds an idle keep-alive connection stays open. Longer than the idle expiry of client pools (httpx and
+    #: the openai SDK: 5 s) so the server never closes a connection a client is about to reuse.
+    keep_alive_s: float = Field(75.0, gt=0)
     max_body_bytes: int = Field(65536, gt=0)
     max_question_chars: int = Field(2000, gt=0)
     max_top_k: int = Field(100, gt=0)

@@ -139,6 +139,18 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         stop(srv)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failing server test shows the end of the server's log and whether the server still runs."""
+    outcome = yield
+    report = outcome.get_result()
+    srv = getattr(item, "funcargs", {}).get("server")
+    if report.failed and isinstance(srv, Server) and srv.log.is_file():
+        state = "running" if srv.proc.poll() is None else f"exited {srv.proc.returncode}"
+        tail = srv.log.read_text(encoding="utf-8", errors="replace").splitlines()[-60:]
+        report.sections.append((f"server log ({state}), last lines", "\n".join(tail)))
+
+
 def client_from(address: str, **kwargs: Any) -> httpx.Client:
     """An httpx client whose connections come from ``address`` (any 127.x.y.z on Linux): another client
     address for the server."""

@@ -8,6 +8,8 @@ import asyncio
 import itertools
 import json
 import random
+import socket
+import time
 
 import httpx
 import yaml
@@ -84,3 +86,18 @@ def test_every_persona_reads_its_canary_through_http(server: Server) -> None:
         timeout=30,
     )
     assert "KESTREL-4412" in json.dumps(r.json()["documents"])
+
+
+def test_an_idle_keep_alive_connection_outlives_client_pool_expiry(server: Server) -> None:
+    """Client pools (httpx, the openai SDK) reuse a connection idle for up to 5 s; a server that closes it at
+    the same moment races them into a reset (uvicorn's default is 5 s). After 6 s idle the same socket still
+    answers."""
+    host, port = server.url.removeprefix("http://").split(":")
+    request = f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        for attempt in range(2):
+            sock.sendall(request)
+            head = sock.recv(65536)
+            assert head.startswith(b"HTTP/1.1 200"), (attempt, head[:200])
+            if attempt == 0:
+                time.sleep(6)
