@@ -105,6 +105,9 @@ class _Snapshot:
         self.ann: HnswIndex | None = None
         self.masks: OrderedDict[str, np.ndarray] = OrderedDict()
         self.allowed: OrderedDict[str, np.ndarray] = OrderedDict()
+        #: contiguous copies of the vectors of a filter's allowed rows (``store.ann.filter_cache_mb``)
+        self.vectors: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.vector_bytes = 0
 
 
 class SQLiteChunkStore:
@@ -690,10 +693,13 @@ class SQLiteChunkStore:
                 cand = cand[mask[cand]]
             if len(cand) >= k:
                 pos = cand
+        vectors = matrix
         if pos is None and mask is not None and n_ok * 4 < n:  # selective: score only the allowed rows
-            pos = self._positions(snap, filters or {}, mask)
+            pos, vectors = self._allowed_vectors(snap, filters or {}, mask, matrix)
+        elif pos is not None:
+            vectors = matrix[pos]
         # einsum, not BLAS: a threaded gemv spins on a loaded machine (12 ms for 3k rows seen on 2 busy cores)
-        scores = np.einsum("ij,j->i", matrix if pos is None else matrix[pos], q)
+        scores = np.einsum("ij,j->i", vectors, q)
         if mask is not None and pos is None:
             scores = np.where(mask, scores, -np.inf)
         top = np.argpartition(-scores, k - 1)[:k] if k < len(scores) else np.arange(len(scores))
@@ -702,16 +708,34 @@ class SQLiteChunkStore:
         at = top if pos is None else pos[top]
         return [int(r) for r in rowids[at]], [float(x) for x in scores[top]]
 
-    def _positions(self, snap: _Snapshot, filters: dict[str, Any], mask: np.ndarray) -> np.ndarray:
-        key = "dense-pos:" + json.dumps(filters, sort_keys=True, default=str)
+    def _allowed_vectors(
+        self, snap: _Snapshot, filters: dict[str, Any], mask: np.ndarray, matrix: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(positions, their vectors) of the rows ``mask`` allows. The vectors are a contiguous copy kept for
+        the next query with the same filter while ``store.ann.filter_cache_mb`` allows (a gather of scattered
+        rows from a large matrix costs several times the scoring)."""
+        key = json.dumps(filters, sort_keys=True, default=str)
         with self._lock:
-            cached = snap.masks.get(key)
-            if cached is None:
-                cached = np.flatnonzero(mask)
-                snap.masks[key] = cached
+            pos = snap.masks.get("dense-pos:" + key)
+            if pos is None:
+                pos = np.flatnonzero(mask)
+                snap.masks["dense-pos:" + key] = pos
                 if len(snap.masks) > self._mask_cache:
                     snap.masks.popitem(last=False)
-            return cached
+            cached = snap.vectors.get(key)
+            if cached is not None and len(cached) == len(pos):
+                snap.vectors.move_to_end(key)
+                return pos, cached
+        vectors = matrix[pos]  # outside the lock: other queries go on meanwhile
+        budget = self.ann.filter_cache_mb * 1024 * 1024
+        if 0 < vectors.nbytes <= budget:
+            with self._lock:
+                if key not in snap.vectors:
+                    snap.vectors[key] = vectors
+                    snap.vector_bytes += vectors.nbytes
+                    while snap.vector_bytes > budget:
+                        snap.vector_bytes -= snap.vectors.popitem(last=False)[1].nbytes
+        return pos, vectors
 
     def _ann_for(self, gen: int, snap: _Snapshot, rowids: np.ndarray, matrix: np.ndarray) -> HnswIndex | None:
         """This generation's HNSW graph (loaded from the index files, updated from the previous generation's,

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from haystack import Document
+from haystack.document_stores.types import DuplicatePolicy
 
 from ragconf.errors import SpecError, StoreError
 from ragconf.policy.filters import matches
@@ -229,3 +230,65 @@ def test_filtered_bm25_finds_allowed_docs_ranked_below_the_fast_path(tmp_path: P
     assert "rare" not in [d.id for d in s.bm25_retrieval("failover", top_k=100)]
     assert [d.id for d in s.bm25_retrieval("failover", filters=flt, top_k=5)] == ["rare"]
     s.close()
+
+
+def test_filtered_exact_search_with_cached_allowed_vectors_matches_an_oracle(tmp_path: Path) -> None:
+    """A selective filter is scored over a cached copy of its allowed rows' vectors; whatever the cache holds
+    (everything, one filter at a time, nothing) and across writes, results are the top-k cosines among the
+    rows the filter allows now (oracle: numpy over the vectors written)."""
+    dim, n = 384, 6000
+    rng = np.random.default_rng(7)
+    vecs = rng.normal(size=(n, dim)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    bucket = {f"c{i}": i % 10 for i in range(n)}
+    vec_of = {f"c{i}": vecs[i] for i in range(n)}
+    path = tmp_path / "s.sqlite"
+    writer = open_store({"type": "sqlite", "path": str(path)}, embedding_dim=dim)
+    writer.write_documents(
+        [Document(id=f"c{i}", content="x", meta={"bucket": i % 10}, embedding=vecs[i].tolist()) for i in range(n)]
+    )
+    stores = {
+        mb: open_store(
+            {"type": "sqlite", "path": str(path), "ann": {"mode": "off", "filter_cache_mb": mb}}, embedding_dim=dim
+        )
+        for mb in (256, 1, 0)  # everything; 1 MB: one 600-row filter (921,600 bytes) at a time; no copies
+    }
+
+    def oracle(q: np.ndarray, b: int, k: int) -> list[str]:
+        ids = [c for c, bb in bucket.items() if bb == b]
+        scores = np.array([float(vec_of[c] @ q) for c in ids])
+        return [ids[i] for i in np.argsort(-scores, kind="stable")[:k]]
+
+    queries = rng.normal(size=(6, dim)).astype(np.float32)
+    for round_ in range(2):
+        for q in queries:
+            for b in (3, 4, 3, 5, 4):  # filters repeat, so cached copies are used (and, at 1 MB, evicted)
+                flt = {"field": "meta.bucket", "operator": "==", "value": b}
+                want = oracle(q / np.linalg.norm(q), b, 10)
+                for mb, s in stores.items():
+                    got = [d.id for d in s.embedding_retrieval(q.tolist(), filters=flt, top_k=10)]
+                    assert got == want, (round_, mb, b)
+        for s in stores.values():
+            assert s._snap.vector_bytes <= s.ann.filter_cache_mb * 1024 * 1024
+        assert stores[256]._snap.vectors and not stores[0]._snap.vectors
+        if round_:
+            break
+        # a write moves rows between filters and adds new best matches: no query may see the old copies
+        moved = [f"c{i}" for i in range(0, n, 10)][:100]  # bucket 0 -> 3
+        writer.write_documents(
+            [Document(id=c, content="x", meta={"bucket": 3}, embedding=vec_of[c].tolist()) for c in moved],
+            policy=DuplicatePolicy.OVERWRITE,
+        )
+        for c in moved:
+            bucket[c] = 3
+        new = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+        writer.write_documents(
+            [Document(id=f"q{j}", content="x", meta={"bucket": 4}, embedding=v.tolist()) for j, v in enumerate(new)]
+        )
+        for j, v in enumerate(new):
+            bucket[f"q{j}"], vec_of[f"q{j}"] = 4, v
+        writer.delete_documents([f"c{i}" for i in range(5, n, 100)])  # bucket 5 loses rows
+        for i in range(5, n, 100):
+            del bucket[f"c{i}"]
+    for s in (writer, *stores.values()):
+        s.close()
