@@ -13,6 +13,7 @@ output policy applied before anything is handed out (PII redaction per sentence)
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sys
 import threading
@@ -152,6 +153,7 @@ class RagService:
         self._tracker = tracker
         self._lock = threading.Lock()
         self._ingest_lock = threading.Lock()
+        self._run_config_cache: tuple[tuple[int, str], tuple[dict[str, Any], list[str], str]] | None = None
 
     @classmethod
     def from_overrides(
@@ -181,6 +183,7 @@ class RagService:
                         self.spec.tracking.model_dump(),
                         workdir=self.rag.workdir,
                         spool=self.source == "cli",  # a CLI process spools ask runs and exits at once
+                        writer=self._ask_writer(),
                     )
         return self._tracker
 
@@ -192,18 +195,23 @@ class RagService:
         dir and the current dir written relative to them, so another clone of the same commit reproduces it."""
         return portable_hash(self.rag.loaded.data, self.rag.config_dir)
 
+    def _run_config(self) -> tuple[dict[str, Any], list[str], str]:
+        """(config with secrets masked, masked overrides, config hash) every run of this service logs; made
+        once (a server logs them on every ask) and again only if the config or the current dir changes."""
+        loaded = self.rag.loaded
+        key = (id(loaded), os.getcwd())
+        cached = self._run_config_cache
+        if cached is None or cached[0] != key:
+            value = (mask_secrets(loaded.data), [_mask_override(o) for o in loaded.overrides], self.config_hash())
+            cached = self._run_config_cache = (key, value)
+        return cached[1]
+
     @contextlib.contextmanager
     def _start(self, kind: str, **kw: Any) -> Iterator[Any]:
         """A tracked run of ``kind`` with the config (secrets masked), its overrides and the tags runs are
         filtered by in one project experiment (``ragconf.pipeline/corpus/generator``, ``policy.revision``)."""
-        loaded = self.rag.loaded
-        with self.tracker.start_run(
-            kind,
-            config=mask_secrets(loaded.data),
-            overrides=[_mask_override(o) for o in loaded.overrides],
-            config_hash=self.config_hash(),
-            **kw,
-        ) as run:
+        config, overrides, digest = self._run_config()
+        with self.tracker.start_run(kind, config=config, overrides=overrides, config_hash=digest, **kw) as run:
             try:
                 yield run
             finally:  # after the work: the policy revision it used is known by then
@@ -233,6 +241,14 @@ class RagService:
     @staticmethod
     def _warn(message: str) -> None:
         print(f"warning: {message}", file=sys.stderr)
+
+    def _ask_writer(self) -> str:
+        """``tracking.ask_writer``; ``auto``: the spool writer process for a server (MLflow's Python would
+        share the interpreter lock with the requests), a background thread for Python callers."""
+        mode = str(self.spec.tracking.ask_writer)
+        if mode == "auto":
+            return "process" if self.source in ("server", "cli") else "thread"
+        return mode
 
     def _asks_tracked(self) -> bool:
         return bool(self.spec.tracking.enabled and self.spec.tracking.log_asks)

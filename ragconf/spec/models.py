@@ -301,6 +301,11 @@ class TrackingSpec(_Strict):
     #: question and answer with PII redacted) or `full` (plus the raw text, only when the output policy does not
     #: require redaction for that request; otherwise redacted). docs/tracking.md
     trace_content: Literal["ids", "redacted", "full"] = "ids"
+    #: Who writes ask/retrieve runs to MLflow: `thread` (a background thread of the asking process), `process`
+    #: (the process hands each run, as a 0600 file, to the spool writer process on another core: MLflow's
+    #: Python costs ~150 ms of CPU per run, which would otherwise hold the server's interpreter lock), or `auto`
+    #: (`process` for `ragconf serve` and the CLI, `thread` for Python callers). docs/tracking.md
+    ask_writer: Literal["auto", "thread", "process"] = "auto"
 
 
 JudgeMetric = Literal["faithfulness", "citation_correctness", "answer_relevance"]

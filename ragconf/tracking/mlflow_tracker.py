@@ -463,9 +463,13 @@ def _value(v: Any) -> str:
 class Tracker:
     """Logs runs to MLflow: `tracking.uri`, or a SQLite store in the working dir (no server)."""
 
-    def __init__(self, cfg: Mapping[str, Any], *, workdir: Path, spool: bool = False) -> None:
+    def __init__(self, cfg: Mapping[str, Any], *, workdir: Path, spool: bool = False, writer: str = "thread") -> None:
         #: spool=True (the CLI): background runs go to <workdir>/spool/ for a writer process (ragconf.tracking.spool)
         self.spool = spool
+        #: writer="process": the background thread spools runs for that writer process instead of logging them
+        if writer not in ("thread", "process"):
+            raise ValueError(f"writer must be 'thread' or 'process', got {writer!r}")
+        self.writer = writer
         self.cfg = {"uri": cfg.get("uri"), "experiment": cfg.get("experiment")}
         self.workdir = Path(workdir).resolve()
         self.uri = cfg.get("uri") or f"sqlite:///{self.workdir / 'mlflow.db'}"
@@ -478,6 +482,8 @@ class Tracker:
         self._dead = False
         self._client_lock = threading.Lock()
         self._manifests: dict[str, tuple[dict[str, Any], str]] = {}
+        self._frozen: dict[str, dict[str, Any]] = {}
+        self._frozen_lock = threading.Lock()
         self._exp_id: str | None = None
         self._warm: threading.Thread | None = None
 
@@ -678,6 +684,17 @@ class Tracker:
             self._manifests[digest] = cached
         return cached
 
+    def _frozen_config(self, config: Mapping[str, Any], digest: str | None) -> dict[str, Any]:
+        """A private copy of ``config`` for a background run (the caller may change its own afterwards); one
+        copy per config hash, shared by the runs of that config (the writer only reads it)."""
+        if digest is None:
+            return copy.deepcopy(dict(config))
+        with self._frozen_lock:
+            cached = self._frozen.get(digest)
+            if cached is None:
+                cached = self._frozen[digest] = copy.deepcopy(dict(config))
+            return cached
+
     @contextlib.contextmanager
     def start_run(
         self,
@@ -695,7 +712,7 @@ class Tracker:
         ``config_hash``: the hash to tag when ``config`` had secrets masked (default: hash of ``config``)."""
         if background if background is not None else kind in BACKGROUND_KINDS:
             deferred = DeferredRun()
-            cfg = copy.deepcopy(dict(config))
+            cfg = self._frozen_config(config, config_hash)
             submit = _spool if self.spool else _submit
             try:
                 yield deferred
@@ -873,8 +890,11 @@ def _spool(
     run: DeferredRun,
     status: str,
     config_digest: str | None = None,
+    *,
+    parent: str | None | bool = False,
 ) -> None:
-    """The CLI's way: the run as a 0600 file in <workdir>/spool/ and a detached writer process to log it."""
+    """The CLI's way: the run as a 0600 file in <workdir>/spool/ and a detached writer process to log it.
+    ``parent``: the parent run id captured when the run was submitted (default: the tracker's now)."""
     from ragconf.tracking.spool import spool_run, start_writer
 
     job = {
@@ -884,7 +904,7 @@ def _spool(
         "config": config,
         "overrides": overrides,
         "run_name": run_name,
-        "parent": tracker.parent_run_id,
+        "parent": tracker.parent_run_id if parent is False else parent,
         "key": run.run_id,
         "ops": run.ops,
         "status": status,
@@ -928,6 +948,9 @@ def _work() -> None:
         job = _QUEUE.get()
         try:
             tracker, kind, config, overrides, run_name, parent, run, status, digest = job
+            if tracker.writer == "process":
+                _spool(tracker, kind, config, overrides, run_name, run, status, digest, parent=parent)
+                continue
             write_job(
                 tracker,
                 {

@@ -10,8 +10,9 @@ documents the principal may see (the access guard's output).
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 __all__ = ["CONTENT_MODES", "log_trace", "span_type"]
@@ -95,15 +96,44 @@ def log_trace(
             if is_root:
                 root = span
             live[rec.get("span_id")] = (span, rec)
-        for span, rec in reversed(list(live.values())):  # children end before their parents
-            if span is root and outputs is not None:
-                span.set_outputs(outputs)
-            failed = str(rec.get("status", "ok")) != "ok"
-            span.end(
-                status=SpanStatusCode.ERROR if failed else SpanStatusCode.OK,
-                end_time_ns=int(rec.get("end_ns") or 0) or None,
-            )
+        with _one_export():
+            for span, rec in reversed(list(live.values())):  # children end before their parents
+                if span is root and outputs is not None:
+                    span.set_outputs(outputs)
+                failed = str(rec.get("status", "ok")) != "ok"
+                span.end(
+                    status=SpanStatusCode.ERROR if failed else SpanStatusCode.OK,
+                    end_time_ns=int(rec.get("end_ns") or 0) or None,
+                )
         return str(root.trace_id) if root is not None else None
+
+
+@contextlib.contextmanager
+def _one_export() -> Iterator[None]:
+    """Export the spans ended in the block in one call to MLflow's exporter instead of one per span.
+
+    MLflow's span processor hands every ended span to its exporter at once, and against a SQL store each
+    call is a database transaction (``log_spans``): 9 spans cost ~90 ms of a ~220 ms ask run. The exporter
+    takes a sequence (grouped by experiment, the trace exported once its root is in it), so the spans of
+    a replayed trace, which all end here, go in one call. Any other thread's spans ended meanwhile join the
+    same call. Without the (private) exporter lookup, spans export one by one as before."""
+    try:
+        from mlflow.tracing.provider import _get_trace_exporter
+
+        exporter = _get_trace_exporter()
+    except Exception:  # another MLflow version: the per-span export still works
+        exporter = None
+    if exporter is None or not callable(getattr(exporter, "export", None)):
+        yield
+        return
+    pending: list[Any] = []
+    exporter.export = pending.extend  # an instance attribute shadows the method
+    try:
+        yield
+    finally:
+        del exporter.export
+        if pending:
+            exporter.export(pending)
 
 
 def log_feedback(uri: str, trace_id: str, *, rating: int, comment: str, user: str) -> str:

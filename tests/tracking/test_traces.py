@@ -136,3 +136,28 @@ def test_server_ask_trace_and_feedback_assessment(server: Server) -> None:  # no
     fb = [a for a in trace.info.assessments if a.name == "user_rating"]
     assert len(fb) == 1 and fb[0].value == 1 and fb[0].source.source_id == "alice" and fb[0].rationale == "spot on"
     assert trace.info.tags["ragconf.kind"] == "ask"
+
+
+def test_process_writer_hands_ask_runs_to_the_spool_writer(hb: Path) -> None:
+    """`tracking.ask_writer=process` (what a server uses): the asking process's thread only spools the run; the
+    detached writer process logs it to MLflow, trace included, without this process draining the spool."""
+    import time
+
+    from ragconf.tracking import flush
+
+    with _service(hb, "tracking.ask_writer=process") as svc:
+        assert svc.tracker.writer == "process"
+        answer = svc.ask(FAILOVER, "alice")
+        assert flush(60)
+    client = _mlflow(hb).MlflowClient()
+    exp = client.get_experiment_by_name("ragconf") or next(iter(client.search_experiments()))
+    found: list[Any] = []
+    deadline = time.monotonic() + 120
+    while not found and time.monotonic() < deadline:
+        found = client.search_runs([exp.experiment_id], f"tags.`ragconf.run_key` = '{answer.run_id}'")
+        time.sleep(0.5)
+    assert found, "the writer process did not log the spooled run"
+    run, trace = _trace_of(hb, answer.run_id)
+    assert run["tags"]["ragconf.source"] == "python" and len(trace.data.spans) > 3
+    with _service(hb) as svc:
+        assert svc.tracker.writer == "thread"  # auto: a Python caller writes in a thread of its own
