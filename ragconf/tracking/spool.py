@@ -137,24 +137,60 @@ def _log(folder: Path, line: str) -> None:
         fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")
 
 
+#: A pid file without a pid (a starter between creating it and writing the child's pid) older than this is
+#: left over from a starter that died.
+STARTING_S = 30.0
+
+
 def start_writer(workdir: Path) -> None:
-    """Start the detached writer process unless one is running for this spool (``RAGCONF_SPOOL_WRITER=0``: never;
-    the next command that opens the store writes the runs)."""
+    """Start the detached writer process unless one is running or starting for this spool
+    (``RAGCONF_SPOOL_WRITER=0``: never; the next command that opens the store writes the runs).
+
+    ``spool/writer.pid`` is created exclusively (``O_EXCL``) by the one starter that wins, before the child
+    exists, and holds the child's pid: many runs spooled at once (a busy server, parallel CLI asks) start one
+    writer, not one each while the first is still importing. A pid file naming a dead process (or empty
+    for longer than ``STARTING_S``) is stale and replaced."""
     if os.environ.get("RAGCONF_SPOOL_WRITER", "1") == "0":
         return
     pidfile = spool_dir(workdir) / "writer.pid"
-    with contextlib.suppress(OSError, ValueError):
-        if _alive(int(pidfile.read_text().strip())):
+    for _ in range(2):
+        try:
+            fd = os.open(pidfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            if not _stale(pidfile):
+                return
+            with contextlib.suppress(OSError):
+                pidfile.unlink()
+            continue
+        except OSError:
             return
-    with contextlib.suppress(OSError):
-        subprocess.Popen(
-            [sys.executable, "-m", "ragconf.tracking.spool", str(Path(workdir).resolve())],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            close_fds=True,
-        )
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "ragconf.tracking.spool", str(Path(workdir).resolve())],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                close_fds=True,
+            )
+            os.write(fd, str(proc.pid).encode())
+        except OSError:
+            with contextlib.suppress(OSError):
+                pidfile.unlink()
+        finally:
+            os.close(fd)
+        return
+
+
+def _stale(pidfile: Path) -> bool:
+    try:
+        text = pidfile.read_text().strip()
+        age = time.time() - pidfile.stat().st_mtime
+    except OSError:
+        return True  # gone meanwhile: create it
+    if text.isdigit():
+        return not _alive(int(text))
+    return age > STARTING_S
 
 
 def _main(workdir: str) -> int:
@@ -162,16 +198,23 @@ def _main(workdir: str) -> int:
         os.nice(10)  # the user's next command comes first
     folder = spool_dir(workdir)
     pidfile = folder / "writer.pid"
+    me = str(os.getpid())
     from ragconf._fs import private_umask
 
-    with contextlib.suppress(OSError), private_umask():  # 0600 like everything under the workdir
-        pidfile.write_text(str(os.getpid()))
+    with contextlib.suppress(OSError), private_umask():  # started by hand, or the starter's file went stale
+        try:
+            current = pidfile.read_text().strip()
+        except FileNotFoundError:
+            current = ""
+        if current != me:
+            pidfile.write_text(me)
     try:
         while drain(workdir):
             pass
     finally:
         with contextlib.suppress(OSError):
-            pidfile.unlink()
+            if pidfile.read_text().strip() == me:  # not a successor's
+                pidfile.unlink()
     drain(workdir)  # a run spooled while the pid file was going away
     return 0
 
