@@ -118,7 +118,7 @@ def _in_process(overrides: list[str], n: int) -> tuple[dict[str, float], dict[st
 
     out: dict[str, float] = {}
     cpu: dict[str, float] = {}
-    with RagService.from_overrides(overrides) as svc:
+    with RagService.from_overrides([*overrides, "tracking.ask_writer=process"]) as svc:  # as the server does
         for name, fn in (("retrieve", svc.retrieve), ("ask", svc.ask)):
             fn(QUESTIONS[0], "alice")  # warm
             flush()
@@ -142,7 +142,10 @@ def _paired(overrides: list[str], url: str, keys: dict[str, str], n: int) -> dic
     from ragconf.service import RagService
 
     out: dict[str, Any] = {}
-    with RagService.from_overrides(overrides) as svc, httpx.Client(base_url=url, timeout=120) as client:
+    # runs go to the spool writer process as the server's do: a writer thread in this process would hold the
+    # GIL while the HTTP half of the next pair waits for its response
+    local_overrides = [*overrides, "tracking.ask_writer=process"]
+    with RagService.from_overrides(local_overrides) as svc, httpx.Client(base_url=url, timeout=120) as client:
         for name, fn in (("retrieve", svc.retrieve), ("ask", svc.ask)):
             fn(QUESTIONS[0], "alice")  # warm
             local, remote, diff = [], [], []
