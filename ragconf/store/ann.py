@@ -47,7 +47,9 @@ class AnnOptions:
     exact_rows: int = 100_000
     candidates: int = 300  # recall@10 vs exact at 100k: 0.977 with 200, 0.992 with 300 (+0.75 ms)
     oversample: float = 2.0
-    dtype: str = "f16"
+    # i8 over f16 (100k synthetic 384-d, 2 cores): build 18.3 vs 26.8 s, search + rescore 2.05 vs 2.89 ms,
+    # recall@10 vs exact 0.993 both (candidates are re-scored exactly in float32)
+    dtype: str = "i8"
     connectivity: int = 16
     expansion_add: int = 64
     expansion_search: int = 200
@@ -174,7 +176,7 @@ class HnswIndex:
                 return None
             sample = np.unique(np.linspace(0, len(rowids) - 1, num=min(32, len(rowids))).astype(np.int64))
             if len(sample):
-                got = np.asarray(index.get(rowids[sample].astype(np.uint64)), dtype=np.float32)
+                got = np.asarray(index.get(rowids[sample].astype(np.uint64), dtype=np.float32), dtype=np.float32)
                 if got.shape != (len(sample), ndim) or not np.allclose(got, matrix[sample], atol=0.02):
                     return None
         except Exception:
