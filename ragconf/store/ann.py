@@ -176,7 +176,7 @@ class HnswIndex:
                 return None
             sample = np.unique(np.linspace(0, len(rowids) - 1, num=min(32, len(rowids))).astype(np.int64))
             if len(sample):
-                got = np.asarray(index.get(rowids[sample].astype(np.uint64), dtype=np.float32), dtype=np.float32)
+                got = np.asarray(index.get(rowids[sample].astype(np.uint64), dtype="f32"), dtype=np.float32)
                 if got.shape != (len(sample), ndim) or not np.allclose(got, matrix[sample], atol=0.02):
                     return None
         except Exception:
