@@ -135,10 +135,36 @@ def fast_deepcopy(obj: Any) -> Any:
     if kind is dict:
         return {k: fast_deepcopy(v) for k, v in obj.items()}
     if kind is _document_class():
-        return copy.deepcopy(obj)
+        return _copy_document(obj)
     from haystack.core.pipeline.utils import _deepcopy_with_exceptions
 
     return _deepcopy_with_exceptions(obj)
+
+
+def _copy_document(doc: Any) -> Any:
+    """``copy.deepcopy`` of a Haystack ``Document`` (a plain dataclass: no ``__slots__``, ``__setstate__`` or
+    ``__deepcopy__``; deepcopy rebuilds it with ``object.__new__`` and its deep-copied ``__dict__``), without
+    ``deepcopy``'s per-value dispatch: the fused list alone holds 200 documents per ask, ~1,800 deepcopy calls.
+    Plain values are copied here, anything else (a blob, a sparse embedding, other objects in meta) by
+    ``copy.deepcopy``."""
+    new = object.__new__(type(doc))
+    new.__dict__.update({k: _plain_copy(v, 0) for k, v in doc.__dict__.items()})
+    return new
+
+
+def _plain_copy(value: Any, depth: int) -> Any:
+    kind = type(value)
+    if kind in _ATOMIC:
+        return value
+    if depth > 32:  # deep (or self-referencing) data: deepcopy's memo handles it
+        return copy.deepcopy(value)
+    if kind is list:
+        if all(type(v) in _ATOMIC for v in value):
+            return list(value)
+        return [_plain_copy(v, depth + 1) for v in value]
+    if kind is dict:
+        return {(k if type(k) in _ATOMIC else copy.deepcopy(k)): _plain_copy(v, depth + 1) for k, v in value.items()}
+    return copy.deepcopy(value)
 
 
 @functools.cache

@@ -427,7 +427,29 @@ def test_fast_deepcopy_equals_haystacks_copy_and_is_installed() -> None:
     from ragconf.compile import _stage_pipeline, fast_deepcopy
 
     atoms = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=5))
-    docs = st.builds(lambda t: Document(content=t, meta={"k": [t]}), st.text(max_size=5))
+    from haystack.dataclasses import ByteStream, SparseEmbedding
+
+    meta = st.recursive(
+        atoms,
+        lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=3), inner, max_size=3)),
+        max_leaves=8,
+    )
+    docs = st.builds(
+        lambda t, m, e, s, b, extra: Document(
+            content=t,
+            meta={"k": [t], "m": m, **({"o": ByteStream(b"x")} if extra else {})},
+            embedding=e,
+            score=s,
+            blob=ByteStream(b, meta={"m": m}) if b is not None else None,
+            sparse_embedding=SparseEmbedding(indices=[0, 2], values=[0.5, 1.0]) if extra else None,
+        ),
+        st.text(max_size=5),
+        meta,
+        st.one_of(st.none(), st.lists(st.floats(allow_nan=False, width=32), max_size=4)),
+        st.one_of(st.none(), st.floats(allow_nan=False)),
+        st.one_of(st.none(), st.binary(max_size=4)),
+        st.booleans(),
+    )
     values = st.recursive(
         st.one_of(atoms, docs),
         lambda inner: st.one_of(
@@ -447,6 +469,17 @@ def test_fast_deepcopy_equals_haystacks_copy_and_is_installed() -> None:
             assert fast is not obj
 
     same()
+    doc = Document(content="c", meta={"acl_groups": ["g1"], "nested": {"a": [1, {"b": 2}]}}, embedding=[0.5] * 4)
+    twin = fast_deepcopy(doc)
+    assert twin == doc and twin is not doc and type(twin) is Document
+    twin.meta["acl_groups"].append("g2")
+    twin.meta["nested"]["a"][1]["b"] = 3
+    twin.embedding[0] = 9.0  # type: ignore[index]
+    assert doc.meta == {"acl_groups": ["g1"], "nested": {"a": [1, {"b": 2}]}} and doc.embedding == [0.5] * 4
+    cyclic: dict = {}
+    cyclic["self"] = cyclic
+    loop = fast_deepcopy(Document(id="x", content="x", meta={"c": cyclic}))  # deepcopy's memo takes over when deep
+    assert loop.meta["c"] is not cyclic
     emb = [0.5] * 384
     copied = fast_deepcopy(emb)
     copied[0] = 9.0
