@@ -189,8 +189,26 @@ def _stale(pidfile: Path) -> bool:
     except OSError:
         return True  # gone meanwhile: create it
     if text.isdigit():
-        return not _alive(int(text))
+        return not _writer_alive(int(text))
     return age > STARTING_S
+
+
+def _writer_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running spool writer. A live pid alone is not enough: a writer killed (OOM, kill -9)
+    is a zombie until its parent (the server that started it) reaps it, and a pid file left in a workdir volume
+    by a container that restarted names whatever process got that pid since; either would keep a writer from
+    ever starting again. Where /proc exists the process must be running (not a zombie) the spool module."""
+    if not _alive(pid):
+        return False
+    proc = Path(f"/proc/{pid}")
+    if not Path("/proc/self/cmdline").exists():  # no /proc (macOS): trust the pid
+        return True
+    try:
+        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        argv = (proc / "cmdline").read_bytes().split(b"\0")
+    except (OSError, IndexError):
+        return False  # gone meanwhile
+    return state not in ("Z", "X") and b"ragconf.tracking.spool" in argv
 
 
 def _main(workdir: str) -> int:

@@ -1,0 +1,88 @@
+"""Red team: the spool writer process of `tracking.ask_writer=process` (a server's runs) must be started again
+whenever none is running for the spool, or the runs stay in the spool for ever (docs/tracking.md: "no run is
+lost"; docs/serving.md: "one writer process logs them"). A pid file left by a writer that died must not keep
+a new one from starting, whatever that pid names now: a zombie (the server, the writer's parent, has not
+reaped it) or an unrelated live process (pid reuse: a container restarted with the same pids).
+Real writer processes, a real MLflow SQLite store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ragconf.tracking import spool
+from ragconf.tracking.mlflow_tracker import Tracker, flush
+
+WAIT_S = 120.0
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.delenv("RAGCONF_SPOOL_WRITER", raising=False)
+    Tracker({}, workdir=tmp_path).client()  # the store exists before any writer opens it
+    spool.spool_dir(tmp_path).mkdir(mode=0o700, exist_ok=True)
+    return tmp_path
+
+
+def _ask_run(workdir: Path) -> str:
+    """One background ask run as a server logs it (`writer=process`); returns its run key."""
+    tracker = Tracker({}, workdir=workdir, writer="process")
+    with tracker.start_run("ask", config={"project": {"name": "rt"}}, overrides=[], config_hash="rt-hash") as run:
+        run.log_metrics({"latency_ms": 1.0})
+    assert flush(60)
+    assert run.run_id is not None
+    return run.run_id
+
+
+def _logged(workdir: Path, key: str, wait_s: float = WAIT_S) -> list[Any]:
+    """The MLflow runs tagged with run key ``key``, waiting up to ``wait_s`` for the writer process (this
+    process only reads the store: it never drains the spool itself)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir.resolve() / 'mlflow.db'}")
+    deadline = time.monotonic() + wait_s
+    while True:
+        exps = [e.experiment_id for e in client.search_experiments()]
+        found = client.search_runs(exps, f"tags.`ragconf.run_key` = '{key}'") if exps else []
+        if found or time.monotonic() > deadline:
+            return list(found)
+        time.sleep(0.5)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to see a zombie")
+def test_a_killed_writer_left_as_a_zombie_does_not_stop_the_next_runs(workdir: Path) -> None:
+    """The server starts the writer (it is its parent and never waits for it); the writer is killed (OOM
+    killer, `kill -9`) and stays a zombie until the server reaps it. The next run must still be written."""
+    spool.start_writer(workdir)
+    pidfile = spool.spool_dir(workdir) / "writer.pid"
+    pid = int(pidfile.read_text())
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while _state(pid) != "Z" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _state(pid) == "Z", "the killed writer should be an unreaped child of this process"
+    assert pidfile.read_text() == str(pid)  # it never got to remove its pid file
+
+    key = _ask_run(workdir)
+    assert len(_logged(workdir, key)) == 1, "the run stayed in the spool: no writer was started"
+
+
+def test_a_pid_file_naming_a_live_unrelated_process_does_not_stop_the_writer(workdir: Path) -> None:
+    """A writer killed with its container leaves its pid file in the workdir volume; after the restart that pid
+    names another live process (here: this one, like a server that got the old writer's pid)."""
+    pidfile = spool.spool_dir(workdir) / "writer.pid"
+    pidfile.write_text(str(os.getpid()))
+    key = _ask_run(workdir)
+    assert len(_logged(workdir, key)) == 1, "the run stayed in the spool: no writer was started"
