@@ -18,9 +18,19 @@ from tests.ingest.oracle import COMMON, USERS, expected_access, principal_input,
 from tests.policy.test_engine import visible
 from tests.server.conftest import Server, start, stop
 
+#: The same corpus served from the store's index files and HNSW graph (thresholds at 1 row, never exact search
+#: for a filter): written by the ingest process, loaded by the server process.
+INDEX_FILES = [
+    "+store.index_files.min_rows=1",
+    "+store.ann.mode=on",
+    "+store.ann.min_rows=1",
+    "+store.ann.exact_rows=0",
+    "+store.ann.exact_below=0",
+]
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, dict]]:
+
+@pytest.fixture(scope="module", params=["sqlite", "index_files"])
+def world(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[tuple[Server, dict]]:
     work = tmp_path_factory.mktemp("http_leak")
     write_users(work / "users")
     shutil.copytree(ROOT / "policies", work / "policies")
@@ -37,8 +47,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, di
         f"policy.bundle={work / 'policies'}",
         f"serve.auth.api_keys_file={work / 'keys.yaml'}",
         "tracking=disabled",
+        *(INDEX_FILES if request.param == "index_files" else []),
     ]
     run_cli("ingest", *overrides, cwd=work)  # exit 1: some generated documents are rejected, as they must be
+    if request.param == "index_files":
+        files = {p.name for p in (work / "state").rglob("*") if p.is_file() and ".idx" in str(p)}
+        assert {"meta.json", "bm25.npz", "dense.npy"} <= files and any(f.startswith("hnsw-") for f in files), files
     srv = start(work, keys, overrides)
     try:
         yield srv, docs
