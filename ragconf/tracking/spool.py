@@ -106,6 +106,7 @@ def drain(workdir: str | Path, *, limit_s: float | None = None, wait_s: float = 
         path = _claim(folder)
         if path is None:
             break
+        tracker = None
         try:
             job = json.loads(path.read_text(encoding="utf-8"))
             cfg = job["tracking"]
@@ -116,7 +117,13 @@ def drain(workdir: str | Path, *, limit_s: float | None = None, wait_s: float = 
             write_job(tracker, job)
             path.unlink()
             done += 1
-        except Exception as exc:  # keep the run for a look, never loop on it
+        except Exception as exc:
+            if tracker is not None and tracker._dead:  # the store, not this run: keep it (and the rest) for later
+                with contextlib.suppress(OSError):
+                    path.rename(path.with_name(path.name.split(CLAIM, 1)[0]))
+                _log(folder, f"{path.name.split(CLAIM, 1)[0]}: kept in the spool, the store is unavailable: {exc}")
+                break
+            # keep the run for a look, never loop on it
             failed = path.with_name(path.name.split(CLAIM, 1)[0] + ".failed")
             with contextlib.suppress(OSError):
                 path.rename(failed)

@@ -86,3 +86,58 @@ def test_a_pid_file_naming_a_live_unrelated_process_does_not_stop_the_writer(wor
     pidfile.write_text(str(os.getpid()))
     key = _ask_run(workdir)
     assert len(_logged(workdir, key)) == 1, "the run stayed in the spool: no writer was started"
+
+
+def _writer_done(workdir: Path, wait_s: float = WAIT_S) -> None:
+    """Wait until no writer process is running or starting for the spool, and none holds a claim."""
+    folder = spool.spool_dir(workdir)
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        busy = (folder / "writer.pid").exists() or any(spool.CLAIM in p.name for p in folder.iterdir())
+        if not busy:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the writer is still busy after {wait_s} s: {sorted(p.name for p in folder.iterdir())}")
+
+
+def test_runs_spooled_while_the_store_is_unavailable_are_written_once_it_is_back(workdir: Path) -> None:
+    """The tracking store is unavailable for a while (here: another process holds SQLite's write lock longer
+    than MLflow waits; likewise an MLflow server restarting) while a server's runs wait in the spool. Once
+    the store is back, a command that reads runs drains the spool first (docs/tracking.md) and must show
+    every one of them: a run the writer could not log then is kept, not given up for good (`*.failed` is for a
+    run that itself cannot be written)."""
+    import sqlite3
+
+    from ragconf.tracking.mlflow_tracker import flush_spool
+
+    db = sqlite3.connect(str(workdir / "mlflow.db"), timeout=0, isolation_level=None)
+    db.execute("BEGIN EXCLUSIVE")  # readers and writers of the store wait, then fail ("database is locked")
+    try:
+        keys = [_ask_run(workdir) for _ in range(3)]
+        _writer_done(workdir)
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+    reader = Tracker({}, workdir=workdir)
+    flush_spool(reader)  # what `ragconf runs list` / feedback do before reading
+    missing = [k for k in keys if len(_logged(workdir, k, wait_s=0)) != 1]
+    folder = spool.spool_dir(workdir)
+    assert not missing, (
+        f"{len(missing)} of 3 runs lost: {sorted(p.name for p in folder.iterdir())}; "
+        f"{(folder / 'writer.log').read_text() if (folder / 'writer.log').exists() else ''}"
+    )
+
+
+def test_a_run_that_itself_cannot_be_written_is_set_aside_and_the_next_ones_are_written(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keeping runs while the store is down must not let one bad run block the spool: it is kept as
+    `*.failed` with its reason in writer.log and the runs after it are written."""
+    folder = spool.spool_dir(workdir)
+    (folder / "00000000000000000001-deadbeef.json").write_text("{not json")
+    monkeypatch.setenv("RAGCONF_SPOOL_WRITER", "0")  # this test drains in-process
+    key = _ask_run(workdir)
+    assert spool.drain(workdir) == 1
+    assert (folder / "00000000000000000001-deadbeef.json.failed").exists()
+    assert "deadbeef" in (folder / "writer.log").read_text()
+    assert len(_logged(workdir, key, wait_s=0)) == 1
