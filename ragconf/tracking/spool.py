@@ -55,6 +55,34 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (state first), or None without /proc."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _claim_tag() -> str:
+    """What a claim by this process is suffixed with: its pid and, where /proc exists, its start time, so a
+    claim is not mistaken for a live one after its process died and the pid was given to another process."""
+    stat = _proc_stat(os.getpid())
+    return f"{os.getpid()}-{stat[19]}" if stat and len(stat) > 19 else str(os.getpid())
+
+
+def _claimant_alive(tag: str) -> bool:
+    """Whether the process that made a claim tagged ``tag`` (``<pid>[-<start time>]``) still runs."""
+    pid, _, started = tag.partition("-")
+    if not pid.isdigit() or not _alive(int(pid)):
+        return False
+    stat = _proc_stat(int(pid))
+    if stat is None:  # no /proc (macOS): trust the pid; else it exited meanwhile
+        return not Path("/proc/self/stat").exists()
+    if stat[0] in ("Z", "X"):  # exited, not yet reaped by its parent
+        return False
+    return not started or (len(stat) > 19 and stat[19] == started)
+
+
 def _claim(folder: Path) -> Path | None:
     """Take the oldest pending file (or one whose claiming process died)."""
     for path in sorted(folder.iterdir()):
@@ -62,15 +90,14 @@ def _claim(folder: Path) -> Path | None:
         if name.startswith("."):
             continue
         if CLAIM in name:
-            pid = name.rsplit(CLAIM, 1)[1]
-            if not pid.isdigit() or _alive(int(pid)):
+            if _claimant_alive(name.rsplit(CLAIM, 1)[1]):
                 continue
             base = name.split(CLAIM, 1)[0]
         elif name.endswith(SUFFIX):
             base = name
         else:
             continue
-        target = folder / f"{base}{CLAIM}{os.getpid()}"
+        target = folder / f"{base}{CLAIM}{_claim_tag()}"
         try:
             path.rename(target)
         except FileNotFoundError:  # another writer was faster
@@ -82,9 +109,10 @@ def _claim(folder: Path) -> Path | None:
 def _in_flight(folder: Path) -> set[str]:
     """Names of the runs another live process claimed from ``folder`` and is still writing."""
     out = set()
+    mine = _claim_tag()
     for path in folder.iterdir():
-        pid = path.name.rsplit(CLAIM, 1)[1] if CLAIM in path.name else ""
-        if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+        tag = path.name.rsplit(CLAIM, 1)[1] if CLAIM in path.name else ""
+        if tag and tag != mine and _claimant_alive(tag):
             out.add(path.name)
     return out
 
@@ -196,15 +224,17 @@ def _stale(pidfile: Path) -> bool:
     except OSError:
         return True  # gone meanwhile: create it
     if text.isdigit():
-        return not _writer_alive(int(text))
+        return not _writer_alive(int(text), starting=age <= STARTING_S)
     return age > STARTING_S
 
 
-def _writer_alive(pid: int) -> bool:
+def _writer_alive(pid: int, *, starting: bool = False) -> bool:
     """Whether ``pid`` is a running spool writer. A live pid alone is not enough: a writer killed (OOM, kill -9)
     is a zombie until its parent (the server that started it) reaps it, and a pid file left in a workdir volume
     by a container that restarted names whatever process got that pid since; either would keep a writer from
-    ever starting again. Where /proc exists the process must be running (not a zombie) the spool module."""
+    ever starting again. Where /proc exists the process must be running (not a zombie) the spool module.
+    ``starting``: the pid file is recent, so an empty command line is a writer still in ``exec`` (Popen returns
+    before the kernel has set up the new command line)."""
     if not _alive(pid):
         return False
     proc = Path(f"/proc/{pid}")
@@ -215,7 +245,9 @@ def _writer_alive(pid: int) -> bool:
         argv = (proc / "cmdline").read_bytes().split(b"\0")
     except (OSError, IndexError):
         return False  # gone meanwhile
-    return state not in ("Z", "X") and b"ragconf.tracking.spool" in argv
+    if state in ("Z", "X"):
+        return False
+    return b"ragconf.tracking.spool" in argv or (starting and not any(argv))
 
 
 def _main(workdir: str) -> int:

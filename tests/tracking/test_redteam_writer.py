@@ -141,3 +141,47 @@ def test_a_run_that_itself_cannot_be_written_is_set_aside_and_the_next_ones_are_
     assert (folder / "00000000000000000001-deadbeef.json.failed").exists()
     assert "deadbeef" in (folder / "writer.log").read_text()
     assert len(_logged(workdir, key, wait_s=0)) == 1
+
+
+def test_a_claim_whose_pid_now_names_another_process_is_taken_over(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process claimed a run and died before writing it (a writer killed with its container); its pid now
+    names another live process (pid reuse after the restart, a thread of the new server). The claim is a dead
+    process's (docs/tracking.md: "a claim whose process died is taken over"): a reader writes the run, at
+    once, instead of waiting for it and leaving it in the spool for ever."""
+    import subprocess
+    import sys
+
+    from ragconf.tracking.mlflow_tracker import flush_spool
+
+    monkeypatch.setenv("RAGCONF_SPOOL_WRITER", "0")
+    key = _ask_run(workdir)
+    folder = spool.spool_dir(workdir)
+    child = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from ragconf.tracking import spool; print(spool._claim(spool.spool_dir(sys.argv[1])))",
+            str(workdir),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    claimed = Path(child.stdout.strip())
+    assert claimed.exists() and spool.CLAIM in claimed.name
+    other = subprocess.Popen(["sleep", "300"])
+    try:
+        head, tag = claimed.name.rsplit(spool.CLAIM, 1)
+        digits = len(tag) - len(tag.lstrip("0123456789"))
+        reused = claimed.with_name(f"{head}{spool.CLAIM}{other.pid}{tag[digits:]}")  # the same pid, now `sleep`
+        claimed.rename(reused)
+        start = time.monotonic()
+        flush_spool(Tracker({}, workdir=workdir))
+        elapsed = time.monotonic() - start
+    finally:
+        other.kill()
+        other.wait()
+    assert len(_logged(workdir, key, wait_s=0)) == 1, sorted(p.name for p in folder.iterdir())
+    assert elapsed < 30
