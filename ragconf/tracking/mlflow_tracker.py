@@ -681,7 +681,7 @@ class Tracker:
         cached = self._manifests.get(digest)
         if cached is None:
             cached = (flatten(config), yaml.safe_dump(dict(config), sort_keys=False))
-            self._manifests[digest] = cached
+            _bounded_put(self._manifests, digest, cached)
         return cached
 
     def _frozen_config(self, config: Mapping[str, Any], digest: str | None) -> dict[str, Any]:
@@ -692,7 +692,8 @@ class Tracker:
         with self._frozen_lock:
             cached = self._frozen.get(digest)
             if cached is None:
-                cached = self._frozen[digest] = copy.deepcopy(dict(config))
+                cached = copy.deepcopy(dict(config))
+                _bounded_put(self._frozen, digest, cached)
             return cached
 
     @contextlib.contextmanager
@@ -847,6 +848,16 @@ class DeferredRun:
 
     def close(self) -> None:
         return None
+
+
+#: Per-config caches keep this many configs (a server has one; a Python caller sweeping configs many).
+CONFIG_CACHE = 16
+
+
+def _bounded_put(cache: dict[str, Any], key: str, value: Any) -> None:
+    cache[key] = value
+    while len(cache) > CONFIG_CACHE:
+        del cache[next(iter(cache))]  # the oldest
 
 
 _QUEUE: queue.Queue[Any] = queue.Queue()

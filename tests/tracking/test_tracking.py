@@ -267,3 +267,20 @@ def test_a_full_in_memory_queue_overflows_to_the_spool_and_loses_nothing(
         listed = {r["tags"].get("ragconf.run_key") for r in list_runs(cfg, kind="ask")}  # drains the spool
         assert set(keys) <= listed
     assert not list((work / ".ragconf" / "spool").glob("*.json"))
+
+
+def test_per_config_caches_stay_bounded(tmp_path: Path) -> None:
+    """A process logging runs of many configs (a Python sweep) keeps a bounded number of config copies, and a
+    background run's config is a copy the caller can no longer change."""
+    from ragconf.tracking.mlflow_tracker import CONFIG_CACHE, Tracker
+
+    tracker = Tracker({}, workdir=tmp_path)
+    configs = [{"pipeline": {"name": f"p{i}", "top_k": [i]}} for i in range(3 * CONFIG_CACHE)]
+    copies = [tracker._frozen_config(c, f"h{i}") for i, c in enumerate(configs)]
+    assert len(tracker._frozen) == CONFIG_CACHE and list(tracker._frozen) == [
+        f"h{i}" for i in range(2 * CONFIG_CACHE, 3 * CONFIG_CACHE)
+    ]
+    configs[-1]["pipeline"]["top_k"].append(99)
+    last = 3 * CONFIG_CACHE - 1
+    assert copies[-1] == {"pipeline": {"name": f"p{last}", "top_k": [last]}}
+    assert tracker._frozen_config(configs[-1], f"h{last}") is copies[-1]  # reused while cached
