@@ -161,7 +161,8 @@ class SqliteStoreSpec(_Strict):
     #: The database file (created with its folder, private to the user).
     path: str | None = None
     #: Approximate dense search (usearch HNSW, ``pip install 'ragconf[ann]'``): ``mode`` auto|on|off, ``min_rows``,
-    #: ``exact_below`` (filter fraction searched exactly), ``candidates``, ``dtype`` f16|i8|f32, ... (see
+    #: ``exact_below`` (filter fraction searched exactly), ``exact_rows``, ``candidates``, ``dtype`` i8 (default)
+    #: |f16|f32, ``filter_cache_mb`` (contiguous copies of filters' allowed vectors, 256), ... (see
     #: ``ragconf.store.ann.AnnOptions``; checked when the store opens).
     ann: dict[str, Any] | None = None
     #: Index files next to the store (``<path>.idx/``): the BM25 index, vectors and HNSW graph of the latest
