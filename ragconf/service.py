@@ -92,15 +92,22 @@ def summary_metrics(summary: Any) -> dict[str, float]:
 
 
 def mask_secrets(data: Any) -> Any:
-    """A copy of a config with values under secret-looking keys (``sha256``, ``secret``...) masked."""
+    """A copy of a config with values under secret-looking keys (``sha256``, ``secret``...) masked: a string
+    under any key containing one of :data:`SECRET_KEYS`, a number under a key ending in one (a numeric
+    ``password: 123456``, but not ``max_tokens: 256``)."""
     if isinstance(data, dict):
-        return {
-            k: ("<masked>" if any(s in str(k).lower() for s in SECRET_KEYS) and isinstance(v, str) else mask_secrets(v))
-            for k, v in data.items()
-        }
+        return {k: "<masked>" if _secret_value(str(k).lower(), v) else mask_secrets(v) for k, v in data.items()}
     if isinstance(data, list):
         return [mask_secrets(v) for v in data]
     return data
+
+
+def _secret_value(key: str, value: Any) -> bool:
+    if isinstance(value, str):
+        return any(s in key for s in SECRET_KEYS)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return key.endswith(SECRET_KEYS)
+    return False
 
 
 class _DeltaGate:

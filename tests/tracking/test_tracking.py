@@ -284,3 +284,25 @@ def test_per_config_caches_stay_bounded(tmp_path: Path) -> None:
     last = 3 * CONFIG_CACHE - 1
     assert copies[-1] == {"pipeline": {"name": f"p{last}", "top_k": [last]}}
     assert tracker._frozen_config(configs[-1], f"h{last}") is copies[-1]  # reused while cached
+
+
+def test_secrets_are_masked_whatever_their_yaml_type() -> None:
+    """YAML reads `password: 123456` as a number: it is masked like a string; counts whose key merely contains
+    a secret word (`max_tokens`) and flags stay as they are, so the logged config still reproduces the run."""
+    from ragconf.service import mask_secrets
+
+    cfg = {
+        "db": {"password": 123456, "db_password": 4.5, "api_key": 42, "client_secret": "s3"},
+        "generator": {"max_tokens": 256, "api_key_env": "OPENAI_API_KEY", "secret_required": True, "token": None},
+        "serve": {"auth": {"api_keys": [{"sha256": "ab" * 32, "user": "alice"}]}},
+    }
+    out = mask_secrets(cfg)
+    assert out["db"] == {k: "<masked>" for k in cfg["db"]}
+    assert out["generator"] == {
+        "max_tokens": 256,
+        "api_key_env": "<masked>",
+        "secret_required": True,
+        "token": None,
+    }
+    assert out["serve"]["auth"]["api_keys"] == [{"sha256": "<masked>", "user": "alice"}]
+    assert cfg["db"]["password"] == 123456  # a copy
