@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.sse import format_sse_event
 
 from ragconf.errors import PolicyError, RagconfError, SpecError
-from ragconf.server.auth import Authenticator, AuthError, FailedAuthLimiter, has_role
+from ragconf.server.auth import Authenticator, AuthError, FailedAuthLimiter, client_key, has_role
 from ragconf.server.metrics import Metrics
 from ragconf.server.schemas import AskBody, ChatBody, FeedbackBody, RetrieveBody
 from ragconf.service import NO_CITED_ANSWER, RagService
@@ -258,7 +258,7 @@ class ServerState:
     def authenticate(self, request: Request) -> Principal:
         """The request's principal. A client address past ``serve.auth.failed_attempts`` gets 429 before any
         credential it sent is looked at; a credential that fails (401) counts against its address."""
-        client = request.client.host if request.client else "unknown"
+        client = client_key(request.client.host) if request.client else "unknown"
         wait = self.failures.retry_after(client)
         if wait:
             spec = self.spec.auth.failed_attempts

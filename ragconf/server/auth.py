@@ -266,6 +266,23 @@ class FailedAuthLimiter:
         return len(times) == self.limit and times[0] + self.window > now
 
 
+def client_key(host: str) -> str:
+    """What the failed-authentication limit counts per: an IPv4 address as is (also written IPv4-mapped,
+    ``::ffff:a.b.c.d``), an IPv6 address by its /64 network (one host usually holds a whole /64, so counting
+    per address would give it 2**64 tries), anything else (a Unix socket path, ``unknown``) as given."""
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])  # a zone index (fe80::1%eth0) is not the address
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 def _credential(headers: Any) -> str | None:
     auth = headers.get("authorization")
     if auth:

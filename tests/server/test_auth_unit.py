@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ragconf.errors import SpecError
 from ragconf.identity import Directory
-from ragconf.server.auth import Authenticator, AuthError, FailedAuthLimiter, hash_key
+from ragconf.server.auth import Authenticator, AuthError, FailedAuthLimiter, client_key, hash_key
 from ragconf.spec.models import AuthSpec, FailedAttemptsSpec, IdentitySpec, UserSpec
 
 DIRECTORY = Directory(IdentitySpec(users={"alice": UserSpec(groups=["sre"], tenant="acme", clearance="confidential")}))
@@ -159,3 +159,31 @@ def test_failed_auth_limiter_sliding_window_and_client_cap() -> None:
     assert all(len(times) <= 3 for times in limiter.clients.values())
     off = FailedAuthLimiter(FailedAttemptsSpec(limit=0), clock=clock)
     assert not any(off.failed("a") for _ in range(100)) and off.retry_after("a") == 0 and not off.clients
+
+
+@pytest.mark.parametrize(
+    ("host", "key"),
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        ("203.0.113.7", "203.0.113.7"),
+        ("::ffff:203.0.113.7", "203.0.113.7"),  # the same IPv4 client through a dual-stack socket
+        ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2::1", "2001:db8:1:2::/64"),  # the same /64: one host's addresses
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),  # the next /64: another client
+        ("::1", "::/64"),
+        ("fe80::1%eth0", "fe80::/64"),
+        ("unknown", "unknown"),
+        ("/run/ragconf.sock", "/run/ragconf.sock"),
+    ],
+)
+def test_failed_attempts_count_per_ipv4_address_and_ipv6_slash_64(host: str, key: str) -> None:
+    assert client_key(host) == key
+
+
+def test_rotating_ipv6_addresses_of_one_network_are_blocked_together() -> None:
+    """An attacker holding a /64 (every IPv6 host does) cannot reset the limit by changing address."""
+    limiter = FailedAuthLimiter(FailedAttemptsSpec(limit=5, window_s=60, max_clients=100))
+    blocked = [limiter.failed(client_key(f"2001:db8:7:7::{i:x}")) for i in range(1, 6)]
+    assert blocked == [False, False, False, False, True]
+    assert limiter.retry_after(client_key("2001:db8:7:7:ffff::42")) > 0
+    assert limiter.retry_after(client_key("2001:db8:7:8::1")) == 0
