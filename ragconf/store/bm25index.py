@@ -9,6 +9,8 @@ store's durable index. The index is built from SQLite (the source of truth) and 
 
 from __future__ import annotations
 
+import itertools
+from collections import defaultdict
 from collections.abc import Iterable
 
 import numpy as np
@@ -40,21 +42,28 @@ class BM25Index:
         """From ``(rowid, "term term ...")`` rows in ascending rowid order (the store's FTS5 ``terms``)."""
         from scipy import sparse
 
-        vocab: dict[str, int] = {}
-        setdefault = vocab.setdefault
+        ids: defaultdict[str, int] = defaultdict(itertools.count().__next__)  # a new term: the next id
+        term_id = ids.__getitem__
         rowids: list[int] = []
         lengths: list[int] = []
         parts: list[np.ndarray] = []
-        flat: list[int] = []
+        texts: list[str] = []
+
+        def flush() -> None:  # a batch of rows: split, then map terms to ids at C speed (no per-token Python)
+            toks = [t.split() if t else [] for t in texts]
+            counts = list(map(len, toks))
+            lengths.extend(counts)
+            flat = itertools.chain.from_iterable(toks)
+            parts.append(np.fromiter(map(term_id, flat), dtype=np.int32, count=sum(counts)))
+            texts.clear()
+
         for rid, text in rows:
-            toks = text.split() if text else []
             rowids.append(rid)
-            lengths.append(len(toks))
-            flat.extend([setdefault(t, len(vocab)) for t in toks])
-            if len(flat) >= _BATCH * 64:
-                parts.append(np.asarray(flat, dtype=np.int32))
-                flat = []
-        parts.append(np.asarray(flat, dtype=np.int32))
+            texts.append(text)
+            if len(texts) >= _BATCH:
+                flush()
+        flush()
+        vocab = dict(ids)  # a plain dict: looking a query term up must never add it
         n = len(rowids)
         dl = np.asarray(lengths, dtype=np.float64)
         terms = np.concatenate(parts)
