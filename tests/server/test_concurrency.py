@@ -94,10 +94,29 @@ def test_an_idle_keep_alive_connection_outlives_client_pool_expiry(server: Serve
     answers."""
     host, port = server.url.removeprefix("http://").split(":")
     request = f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+
+    def response(sock: socket.socket) -> bytes:
+        """One whole response (headers, then Content-Length bytes of body), however TCP splits it."""
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, ("connection closed", data[:200])
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next(
+            int(v) for k, _, v in (h.partition(b":") for h in head.split(b"\r\n")) if k.lower() == b"content-length"
+        )
+        while len(body) < length:
+            chunk = sock.recv(65536)
+            assert chunk, ("connection closed", data[:200])
+            body += chunk
+        assert len(body) == length, "more than one response"
+        return head
+
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         for attempt in range(2):
             sock.sendall(request)
-            head = sock.recv(65536)
+            head = response(sock)
             assert head.startswith(b"HTTP/1.1 200"), (attempt, head[:200])
             if attempt == 0:
                 time.sleep(6)
