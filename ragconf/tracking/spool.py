@@ -237,15 +237,14 @@ def _writer_alive(pid: int, *, starting: bool = False) -> bool:
     before the kernel has set up the new command line)."""
     if not _alive(pid):
         return False
-    proc = Path(f"/proc/{pid}")
     if not Path("/proc/self/cmdline").exists():  # no /proc (macOS): trust the pid
         return True
+    stat = _proc_stat(pid)
     try:
-        state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        argv = (proc / "cmdline").read_bytes().split(b"\0")
-    except (OSError, IndexError):
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
         return False  # gone meanwhile
-    if state in ("Z", "X"):
+    if not stat or stat[0] in ("Z", "X"):
         return False
     return b"ragconf.tracking.spool" in argv or (starting and not any(argv))
 
